@@ -1,0 +1,33 @@
+# prefopt — the commands a user needs. `make test` works on a fresh machine with nothing but Python 3.10+.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Re-install whenever the pins or the package metadata change.
+STAMP := $(VENV)/.installed
+
+.PHONY: help install test clean
+
+help:
+	@echo "make test      create $(VENV), install the pinned CPU environment, run the test suite"
+	@echo "make install   only create $(VENV) and install (about 2 minutes on a fresh machine)"
+	@echo "make clean     remove $(VENV) and caches (results/ is kept)"
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@echo "== creating $(VENV) and installing the pinned CPU environment (first time: about 2 minutes)"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned exactly: any other torch spec resolves to a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	DS_BUILD_OPS=0 $(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
+	@touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
