@@ -26,6 +26,33 @@ def _list_losses(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from prefopt.config import load_config
+    from prefopt.train import run_training
+
+    config = load_config(args.config, args.overrides)
+    _setup_logging()
+    metrics = run_training(config, argv=["prefopt", "train", args.config, *args.overrides])
+    print(f"run folder: {config.run_dir}  (steps: {metrics['global_step']}, {metrics['wall_seconds']:.1f} s)")
+    return 0
+
+
+def _tiny(args: argparse.Namespace) -> int:
+    from prefopt.tiny import EXAMPLE_CONFIGS, write_example
+
+    directory = write_example(args.directory)
+    print(f"wrote a tiny model, data and configs to {directory}; try:")
+    for name in EXAMPLE_CONFIGS:
+        print(f"  prefopt train {directory / (name + '.yaml')}")
+    return 0
+
+
+def _setup_logging() -> None:
+    import logging
+
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prefopt", description="Offline preference optimisation: f-PO, γ-PO and their baselines."
@@ -35,6 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
     losses = commands.add_parser("losses", help="list the registered losses and their hyper-parameters")
     losses.add_argument("-v", "--verbose", action="store_true", help="also list each loss's hyper-parameters")
     losses.set_defaults(func=_list_losses)
+    train = commands.add_parser(
+        "train",
+        help="train one preference-optimisation run",
+        description="Train one run from a YAML config; override any field with --section.key value (or --key value "
+        "when the name is unique), e.g. prefopt train cfg.yaml --loss.beta 2.5 --max_steps 10. Launch with "
+        "accelerate launch -m prefopt.cli train ... for several GPUs or DeepSpeed.",
+    )
+    train.add_argument("config", help="YAML config file (sections: model, data, loss, margins, train)")
+    train.add_argument("overrides", nargs=argparse.REMAINDER, help="--section.key value ...")
+    train.set_defaults(func=_train)
+    tiny = commands.add_parser("tiny", help="write a tiny model, data and configs to try `prefopt train` offline")
+    tiny.add_argument("directory", help="folder to write into")
+    tiny.set_defaults(func=_tiny)
     return parser
 
 
@@ -44,7 +84,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    return args.func(args)
+    from prefopt.config import ConfigError
+    from prefopt.data import DataError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError) as error:  # the user's input, not a bug: one line, no traceback
+        print(f"prefopt {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
