@@ -1,8 +1,8 @@
 """Tests for prefopt.data — loading, validation, tokenisation and collation of preference data (SPEC §1, §6, §9).
 
 Fixture files are written here in the real schemas (HuggingFaceH4/ultrafeedback_binarized, the princeton-nlp on-policy
-sets, our K-candidate rw JSONL, plain text pairs) with invented content in the tiny tokenizer's vocabulary, and are
-loaded by path through the same code a Hub dataset goes through after download. Tokenizers are real
+sets, our K-candidate rw JSONL, plain text pairs, SFT prompt/completion rows) with invented content in the tiny
+tokenizer's vocabulary, and are loaded by path through the same code a Hub dataset goes through after download. Tokenizers are real
 ``PreTrainedTokenizerFast`` objects from ``prefopt.tiny`` in three BOS styles: Pythia (BOS only from the chat
 template), Llama-3 (adds BOS to plain text and the template text starts with BOS too) and Qwen2.5 (no BOS token).
 """
@@ -21,6 +21,7 @@ from prefopt.data import (
     PreferenceCollator,
     PreferenceRecord,
     TokenizeReport,
+    load_prompts,
     load_records,
     tokenize_records,
 )
@@ -84,6 +85,10 @@ def _rw_row(k=4):
     completions = [" Paris .", " Lyon .", " the capital is Paris .", " France ."][:k]
     return {"prompt": "\n\nHuman: what is the capital of France ?\n\nAssistant:", "completions": completions,
             "rewards": [1.5, -0.5, 2.0, 0.1][:k]}
+
+
+def _sft_row(prompt="\n\nHuman: what is the capital of France ?\n\nAssistant:", completion=" Paris ."):
+    return {"prompt": prompt, "completion": completion}
 
 
 def _count(ids, token_id):
@@ -179,6 +184,77 @@ def test_limit_keeps_the_first_rows_before_validation(tmp_path):
         load_records(str(tmp_path / "l.jsonl"), limit=0)
 
 
+def test_sft_prompt_completion_rows_are_detected_and_become_k1_records(tmp_path):
+    rows = [
+        _sft_row(),  # HH-style text prompt ending in the assistant cue
+        _sft_row(prompt=[{"role": "user", "content": "what is the color of grass ?"}], completion="green ."),
+        # TRL's conversational prompt-completion shape: the completion is one assistant turn, so the prompt is chat
+        {"prompt": "hello", "completion": [{"role": "assistant", "content": "hello !"}], "prompt_id": "p2"},
+    ]
+    records, report = load_records(_write_jsonl(tmp_path / "sft.jsonl", rows))
+    assert report.format == "sft" and (report.n_rows, report.n_kept, report.bad) == (3, 3, [])
+    assert records[0] == PreferenceRecord("sft.jsonl:0", _sft_row()["prompt"], [" Paris ."], [0.0])
+    assert records[1].prompt == [{"role": "user", "content": "what is the color of grass ?"}]
+    assert records[1].completions == ["green ."] and records[1].rewards == [0.0]
+    assert records[2] == PreferenceRecord("p2", [{"role": "user", "content": "hello"}], ["hello !"], [0.0])
+
+
+def test_pairs_rows_under_format_sft_keep_only_the_chosen_response(tmp_path):
+    rows = [
+        _text_pair(),
+        dict(_text_pair(), rejected=" Paris ."),  # identical responses: a bad pair, a fine SFT example
+        {"prompt": "\n\nHuman: hello\n\nAssistant:", "chosen": " hello ."},  # no rejected at all
+        _ultrafeedback_row(3),
+    ]
+    rows[3]["chosen"] = _conv("what is the capital of France ?", "Paris .", system="answer with a city .")
+    rows[3]["rejected"] = _conv("what is the capital of France ?", "Lyon .", system="answer with a city .")
+    path = _write_jsonl(tmp_path / "hh.jsonl", rows)
+
+    sft, report = load_records(path, format="sft")
+    assert report.format == "sft" and report.bad == []
+    assert [r.completions for r in sft] == [[" Paris ."], [" Paris ."], [" hello ."], ["Paris ."]]
+    assert all(r.rewards == [0.0] for r in sft)
+    assert sft[0].prompt == _text_pair()["prompt"] and sft[2].prompt == "\n\nHuman: hello\n\nAssistant:"
+    # A chat chosen conversation gives its prefix as the prompt (the string prompt column is ignored), as for pairs.
+    assert sft[3].prompt == [{"role": "system", "content": "answer with a city ."},
+                             {"role": "user", "content": "what is the capital of France ?"}]
+    assert sft[3].id == f"{3:064x}"
+
+    # The same file read as pairs keeps K = 2 and still rejects the bad pairs: K = 1 is for format sft only.
+    pairs, report = load_records(path, max_bad_fraction=1.0)
+    assert report.format == "pairs" and [i for i, _ in report.bad] == [1, 2]
+    assert [len(r.completions) for r in pairs] == [2, 2]
+    assert pairs[0].prompt == sft[0].prompt and pairs[1].prompt == sft[3].prompt
+
+
+def test_format_sft_needs_a_completion_or_a_chosen_column(tmp_path):
+    path = _write_jsonl(tmp_path / "rw.jsonl", [_rw_row()])
+    with pytest.raises(DataError, match=r"format='sft' needs columns \['completion'\] \(or a pairs 'chosen'\)"):
+        load_records(path, format="sft")
+    sft_path = _write_jsonl(tmp_path / "sft.jsonl", [_sft_row()])
+    with pytest.raises(DataError, match=r"format='pairs' needs columns \['chosen', 'rejected'\]"):
+        load_records(sft_path, format="pairs")
+
+
+def test_load_prompts_reads_the_training_prompt_of_any_format_and_bare_prompt_rows(tmp_path):
+    chat = [{"role": "user", "content": "what is the color of the sky ?"}]
+    bare = [{"prompt": "hello ?"}, {"prompt": chat}, {"prompt": "hello ?", "extra": 1}]
+    prompts, report = load_prompts(_write_jsonl(tmp_path / "prompts.jsonl", bare))
+    assert report.format == "prompts" and prompts == ["hello ?", chat, "hello ?"]  # duplicates are kept
+
+    # UltraFeedback rows: the prompt training sees is the conversation prefix, not the string column.
+    uf = [_ultrafeedback_row(0), _ultrafeedback_row(1)]
+    prompts, report = load_prompts(_write_json(tmp_path / "uf.json", uf))
+    assert report.format == "pairs" and prompts == [chat, chat]
+    prompts, _ = load_prompts(_write_jsonl(tmp_path / "rw.jsonl", [_rw_row()]))
+    assert prompts == [_rw_row()["prompt"]]
+    # Bare prompt rows are for load_prompts only: training data must have responses.
+    with pytest.raises(DataError, match="cannot tell the format"):
+        load_records(str(tmp_path / "prompts.jsonl"))
+    with pytest.raises(DataError, match="all 1 rows .* empty prompt"):
+        load_prompts(_write_jsonl(tmp_path / "empty.jsonl", [{"prompt": " "}]))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Format selection and source errors
 # ---------------------------------------------------------------------------------------------------------------
@@ -254,7 +330,6 @@ BAD_RW_ROWS = [
     (dict(_rw_row(), rewards=[1.0, float("inf"), 0.0, 0.0]), "non-finite reward 1"),
     (dict(_rw_row(), rewards=[1.0, "high", 0.0, 0.0]), "reward 1 is not a number"),
     (dict(_rw_row(), completions=[" Paris .", None, " a .", " b ."]), "non-string completion 1 response"),
-    (dict(_rw_row(), completions=[" Paris .", " ", " a .", " b ."]), "empty completion 1 response"),
     (dict(_rw_row(), prompt="   "), "empty prompt"),
     ({"completions": [" a .", " b ."], "rewards": [1, 0]}, "missing field 'prompt'"),
 ]
@@ -271,8 +346,22 @@ def _interleave(good, bad_rows):
     return rows, expected
 
 
-@pytest.mark.parametrize("good, bad_rows", [(_text_pair(), BAD_PAIR_ROWS), (_rw_row(), BAD_RW_ROWS)],
-                         ids=["pairs", "rw"])
+BAD_SFT_ROWS = [
+    (_sft_row(completion=""), "empty completion response"),
+    (_sft_row(completion=" \n "), "empty completion response"),
+    ({"completion": " Paris ."}, "missing field 'prompt'"),
+    (_sft_row(prompt=""), "empty prompt"),
+    ({"prompt": "hello ?"}, "missing field 'completion'"),
+    (_sft_row(completion=7), "non-string completion response"),
+    (_sft_row(completion=[{"role": "user", "content": "x"}]), "last completion message is from 'user'"),
+    (_sft_row(completion=_conv("hi", "hello")), "completion has 2 messages"),
+    (_sft_row(prompt=[{"role": "user"}]), "prompt message 0 is not a {role, content} object"),
+    (dict(_text_pair(), chosen=" "), "empty chosen response"),  # a pairs row under format sft
+]
+
+
+@pytest.mark.parametrize("good, bad_rows", [(_text_pair(), BAD_PAIR_ROWS), (_rw_row(), BAD_RW_ROWS),
+                                            (_sft_row(), BAD_SFT_ROWS)], ids=["pairs", "rw", "sft"])
 def test_malformed_rows_are_dropped_with_index_and_reason(tmp_path, good, bad_rows):
     rows, expected = _interleave(good, bad_rows)
     path = tmp_path / "data.jsonl"
@@ -445,6 +534,32 @@ def test_tokenisation_errors_are_data_errors():
         tokenize_records([CHAT], tok, max_length=64, max_prompt_length=32)
 
 
+def test_sft_records_tokenise_and_collate_with_k_equal_one(tmp_path):
+    rows = [_sft_row(), _sft_row(prompt=[{"role": "user", "content": "what is the color of grass ?"}],
+                                 completion="green grass .")]
+    records, _ = load_records(_write_jsonl(tmp_path / "sft.jsonl", rows))
+    tok = _tok(add_bos_token=True)
+    features, report = tokenize_records(records, tok, max_length=64, max_prompt_length=32)
+    assert report.n_kept == 2 and all(len(f["completion_ids"]) == 1 and f["rewards"] == [0.0] for f in features)
+    text, chat = features
+    # SPEC §6.1 step 2: the response plus EOS is the target; chat: the template's assistant turn (its <eos> included).
+    assert text["completion_ids"][0] == tok(" Paris .", add_special_tokens=False).input_ids + [tok.eos_token_id]
+    assert tok.decode(chat["completion_ids"][0]) == "green grass . <eos>"
+    assert chat["prompt_ids"][0] == tok.bos_token_id and _count(chat["prompt_ids"], tok.bos_token_id) == 1
+
+    batch = PreferenceCollator(pad_token_id=tok.pad_token_id)(features)
+    longest = max(len(f["prompt_ids"]) + len(f["completion_ids"][0]) for f in features)
+    assert batch["input_ids"].shape == batch["completion_mask"].shape == (2, longest)
+    assert batch["rewards"].shape == (2, 1) and batch["rewards"].tolist() == [[0.0], [0.0]]
+    assert batch["index"].tolist() == [0, 1]
+    for row, feature in enumerate(features):  # row b is record b's only completion
+        ids = batch["input_ids"][row]
+        assert ids[batch["completion_mask"][row].bool()].tolist() == feature["completion_ids"][0]
+        assert ids[: len(feature["prompt_ids"])].tolist() == feature["prompt_ids"]
+    with pytest.raises(ValueError, match=r"K in \[1, 2\]"):  # an SFT example and a pair never share a batch
+        PreferenceCollator(0)([_feature(0, [1], [[3]], [0.0]), _feature(1, [1], [[3], [4]], [1.0, 0.0])])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Collation
 # ---------------------------------------------------------------------------------------------------------------
@@ -526,3 +641,15 @@ def test_reports_are_dataclasses_with_one_line_summaries():
     assert report.summary() == "x.jsonl [pairs]: kept 2 of 3 rows, dropped 1 malformed (row 1: empty chosen response)"
     tok_report = TokenizeReport(n_records=2, n_kept=2, bos_policy="none")
     assert "\n" not in tok_report.summary() and "2 of 2" in tok_report.summary()
+
+
+def test_an_empty_sampled_candidate_is_kept_in_rw_rows_and_is_eos_alone(tmp_path):
+    """A K-candidate row comes from sampling: a model that emits EOS at once produced a real (bad) candidate, which
+    the reward model scores. Only human-written pairs treat an empty side as malformed (SPEC §6.1 step 1)."""
+    path = tmp_path / "rw.jsonl"
+    path.write_text(json.dumps(dict(_rw_row(), completions=[" Paris .", "", " a .", " b ."])) + "\n")
+    records, report = load_records(str(path))
+    assert report.bad == [] and records[0].completions[1] == ""
+    tokenizer = build_tokenizer(["Paris"])
+    examples, _ = tokenize_records(records, tokenizer, max_length=64, max_prompt_length=32)
+    assert examples[0]["completion_ids"][1] == [tokenizer.eos_token_id]

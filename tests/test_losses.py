@@ -965,10 +965,10 @@ def test_rw_without_targets_raises():
 # 6. Registry.
 # ---------------------------------------------------------------------------------------------------------------
 
-ALL_NAMES = {"dpo", "ipo", "hinge", "rdpo", "simpo", "cpo", "orpo", "exo", "dpo_k", "fpo", "alphapo", "gamma_simpo",
-             "gamma_dpo"}
+ALL_NAMES = {"sft", "dpo", "ipo", "hinge", "rdpo", "simpo", "cpo", "orpo", "exo", "dpo_k", "fpo", "alphapo",
+             "gamma_simpo", "gamma_dpo"}
 NEEDS_REF = {"dpo", "ipo", "hinge", "rdpo", "exo", "dpo_k", "fpo", "gamma_dpo"}
-AVERAGED = {"ipo", "simpo", "orpo", "alphapo", "gamma_simpo"}
+AVERAGED = {"sft", "ipo", "simpo", "orpo", "alphapo", "gamma_simpo"}
 GROUP = {"exo", "dpo_k", "fpo"}
 DYNAMIC = {"gamma_simpo", "gamma_dpo"}
 
@@ -990,7 +990,7 @@ def test_registry_flags(name):
 
 
 def test_registry_fns_are_the_loss_functions():
-    expected = dict(dpo=L.dpo_loss, ipo=L.ipo_loss, hinge=L.hinge_loss, rdpo=L.rdpo_loss, simpo=L.simpo_loss,
+    expected = dict(sft=L.sft_loss, dpo=L.dpo_loss, ipo=L.ipo_loss, hinge=L.hinge_loss, rdpo=L.rdpo_loss, simpo=L.simpo_loss,
                     cpo=L.cpo_loss, orpo=L.orpo_loss, exo=L.exo_loss, dpo_k=L.dpo_k_loss, fpo=L.fdivergence_loss,
                     alphapo=L.alphapo_loss)
     for n, fn in expected.items():
@@ -1115,3 +1115,12 @@ def test_chosen_and_rejected_are_not_interchangeable(name):
     rejected = chosen - torch.tensor(rng.uniform(0.5, 3.0, size=16))  # chosen is more likely in every pair
     right_way, swapped = loss_fn(chosen, rejected), loss_fn(rejected, chosen)
     assert torch.all(right_way < swapped), "swapping chosen and rejected must raise the loss of a well-ordered pair"
+
+
+def test_sft_loss_is_the_negative_averaged_log_prob_and_checks_its_input():
+    rng = np.random.default_rng(11)
+    averaged = rng.uniform(-5.0, -0.1, size=9)
+    np.testing.assert_allclose(L.sft_loss(torch.tensor(averaged)).numpy(), -averaged, rtol=0, atol=0)
+    assert L.get_loss_spec("sft").single_response and not L.get_loss_spec("dpo").single_response
+    with pytest.raises(ValueError, match="non-finite"):
+        L.sft_loss(torch.tensor([float("nan")]))

@@ -24,6 +24,7 @@ from prefopt.train import run_training
 WORDS = "red blue green cat dog sun moon fast slow big small happy sad tree river stone".split()
 
 LOSS_PARAMS = {
+    "sft": {},
     "dpo": {"beta": 0.1},
     "ipo": {"tau": 0.1},
     "hinge": {"beta": 0.1},
@@ -101,7 +102,8 @@ def test_every_registered_loss_trains(world, tmp_path, loss):
 
     logged = [row for row in _jsonl(tmp_path / loss / "metrics.jsonl") if "loss" in row]
     assert len(logged) == 3 and all(math.isfinite(row["loss"]) for row in logged)
-    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen"):
+    reward_keys = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+    for key in ("logps/chosen",) if LOSSES[loss].single_response else (*reward_keys, "logps/chosen"):
         assert key in logged[0], key
     assert (tmp_path / loss / "config.yaml").is_file()
     info = json.loads((tmp_path / loss / "run_info.json").read_text())

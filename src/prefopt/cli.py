@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from prefopt import __version__
@@ -47,6 +48,134 @@ def _tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from prefopt.smallworld.demo import METHODS, DemoSettings, run_demo
+
+    settings = DemoSettings(out=args.out, seed=args.seed, noise=args.noise)
+    if args.methods:
+        settings = replace(settings, methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()))
+    unknown = [m for m in settings.methods if m not in METHODS]
+    if unknown:
+        from prefopt.config import ConfigError
+
+        raise ConfigError(f"unknown demo methods {unknown}; choose from {', '.join(METHODS)}")
+    if args.quick:  # the reduced demo of the test suite: fewer prompts and steps
+        settings = replace(settings, n_test_prompts=64)
+    _quiet_libraries()
+    metrics = run_demo(settings, figures=not args.no_figures)
+    print((Path(settings.out) / "table.md").read_text())
+    print(f"results in {settings.out}/ (table.md, metrics.json, runs/, figures/) — {metrics['wall_seconds']:.0f} s")
+    return 0
+
+
+def _noise_sweep(args: argparse.Namespace) -> int:
+    from prefopt.smallworld.demo import NOISE_METHODS, run_noise_sweep
+
+    _quiet_libraries()
+    levels = [float(v) for v in args.noise_levels.split(",")]
+    seeds = [int(v) for v in args.seeds.split(",")]
+    methods = [m.strip() for m in (args.methods or ",".join(NOISE_METHODS)).split(",")]
+    summary = run_noise_sweep(args.out, noise_levels=levels, seeds=seeds, methods=methods)
+    print((Path(args.out) / "table.md").read_text())
+    print(f"results in {args.out}/ (table.md, metrics.json, noise.png) — {summary['wall_seconds']:.0f} s")
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """The demo runs dozens of short trainings: keep the terminal to its own progress bar and table."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("prefopt").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")
+
+
+def _sft(args: argparse.Namespace) -> int:
+    from prefopt.config import load_config
+    from prefopt.train import run_training
+
+    # SPEC §6.1 step 2: the same trainer with the `sft` loss on one response per prompt (pairs rows: their chosen)
+    config = load_config(args.config, args.overrides, base={"loss": {"name": "sft"}, "data": {"format": "sft"}})
+    _setup_logging()
+    metrics = run_training(config, argv=["prefopt", "sft", args.config, *args.overrides])
+    print(f"run folder: {config.run_dir}  (steps: {metrics['global_step']}, {metrics['wall_seconds']:.1f} s)")
+    return 0
+
+
+def _rm(args: argparse.Namespace) -> int:
+    from prefopt.rm import load_rm_config, run_reward_model
+
+    config = load_rm_config(args.config, args.overrides)
+    _setup_logging()
+    metrics = run_reward_model(config, argv=["prefopt", "rm", args.config, *args.overrides])
+    accuracy = metrics.get("eval_accuracy")
+    print(f"run folder: {config.run_dir}" + (f"  (held-out pair accuracy {accuracy:.3f})" if accuracy is not None else ""))
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from prefopt.sample import sample_to_jsonl
+
+    meta = sample_to_jsonl(args.model, args.prompts, args.out, k=args.k, temperature=args.temperature, top_k=args.top_k,
+                           top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                           batch_size=args.batch_size, limit=args.limit, backend=args.backend)
+    print(f"wrote {args.out}: {meta['n_prompts']} unique prompts × {args.k} completions ({meta['wall_seconds']:.1f} s)")
+    return 0
+
+
+def _label(args: argparse.Namespace) -> int:
+    from prefopt.rm import label_completions
+
+    meta = label_completions(args.rm, args.samples, args.out, batch_size=args.batch_size)
+    print(f"wrote {args.out}: {meta['n_completions']} completions scored by {args.rm} (mean {meta['reward_mean']:.3f})")
+    return 0
+
+
+def _pref_to_rw(args: argparse.Namespace) -> int:
+    from prefopt.rm import pref_to_rw
+
+    pref_to_rw(args.pairs, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _mean_reward(args: argparse.Namespace) -> int:
+    import json
+
+    from prefopt.io import write_json
+    from prefopt.rm import mean_reward
+
+    result = mean_reward(args.rm, args.samples)
+    if args.out:
+        write_json(args.out, result)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _judge(args: argparse.Namespace) -> int:
+    from prefopt.evaluation import judge_against_baseline
+    from prefopt.judges import JudgeClient, PairwiseLLMJudge
+
+    client = JudgeClient(model=args.model, base_url=args.base_url)  # key: PREFOPT_JUDGE_API_KEY / OPENAI_API_KEY
+    judge = PairwiseLLMJudge(client, args.template)
+    summary = judge_against_baseline(judge, args.policy, args.baseline, args.out, baseline_kind=args.baseline_kind,
+                                     n_prompts=args.n_prompts, seed=args.seed, workers=args.workers)
+    print(f"win rate {100 * summary['win_rate']:.1f}% (95% CI {100 * summary['ci'][0]:.1f}–{100 * summary['ci'][1]:.1f}; "
+          f"official, ties and invalid as losses: {100 * summary['official_win_rate']:.1f}%) over "
+          f"{summary['pairs']} prompts × 2 orders: {summary['wins']} wins, {summary['ties']} ties, "
+          f"{summary['losses']} losses, {summary['invalid']} invalid — {args.out}/winrate.json")
+    return 0
+
+
 def _setup_logging() -> None:
     import logging
 
@@ -72,6 +201,73 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML config file (sections: model, data, loss, margins, train)")
     train.add_argument("overrides", nargs=argparse.REMAINDER, help="--section.key value ...")
     train.set_defaults(func=_train)
+    sft = commands.add_parser("sft", help="supervised fine-tuning on chosen responses (same config as train)")
+    sft.add_argument("config")
+    sft.add_argument("overrides", nargs=argparse.REMAINDER)
+    sft.set_defaults(func=_sft)
+    rm = commands.add_parser("rm", help="train a Bradley–Terry reward model (same config as train; no loss section)")
+    rm.add_argument("config")
+    rm.add_argument("overrides", nargs=argparse.REMAINDER)
+    rm.set_defaults(func=_rm)
+    sample = commands.add_parser("sample", help="K completions per unique prompt → {prompt, completions} JSONL")
+    sample.add_argument("model", help="model folder or Hub name")
+    sample.add_argument("prompts", help="JSON/JSONL file of rows with a prompt (any of prefopt's data formats)")
+    sample.add_argument("out", help="output JSONL")
+    sample.add_argument("--k", type=int, default=4)
+    sample.add_argument("--temperature", type=float, default=0.8)
+    sample.add_argument("--top-k", type=int, default=0)
+    sample.add_argument("--top-p", type=float, default=1.0)
+    sample.add_argument("--max-new-tokens", type=int, default=64)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--batch-size", type=int, default=16)
+    sample.add_argument("--limit", type=int, default=None, help="first N unique prompts")
+    sample.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"])
+    sample.set_defaults(func=_sample)
+    label = commands.add_parser("label", help="score sampled completions with a reward model → {…, rewards}")
+    label.add_argument("rm")
+    label.add_argument("samples")
+    label.add_argument("out")
+    label.add_argument("--batch-size", type=int, default=32)
+    label.set_defaults(func=_label)
+    to_rw = commands.add_parser("pref-to-rw", help="pairs → K = 2 rw rows with rewards [1, 0] (the pref setting)")
+    to_rw.add_argument("pairs")
+    to_rw.add_argument("out")
+    to_rw.set_defaults(func=_pref_to_rw)
+    mean = commands.add_parser("mean-reward", help="a reward model's mean reward of a policy's samples")
+    mean.add_argument("rm")
+    mean.add_argument("samples")
+    mean.add_argument("--out", default=None, help="also write the result as JSON here")
+    mean.set_defaults(func=_mean_reward)
+    judge = commands.add_parser(
+        "judge", help="pairwise LLM judge: a policy's samples against a baseline, both orders",
+        description="Endpoint from PREFOPT_JUDGE_BASE_URL / PREFOPT_JUDGE_MODEL / PREFOPT_JUDGE_API_KEY (or "
+        "OPENAI_API_KEY); answers are cached on disk (PREFOPT_JUDGE_CACHE), so a rerun pays for nothing twice.",
+    )
+    judge.add_argument("policy", help="the policy's {prompt, completions} samples")
+    judge.add_argument("baseline", help="SFT samples ({prompt, completions}) or a pairs file (--baseline-kind chosen)")
+    judge.add_argument("out", help="output folder: judgements.jsonl and winrate.json")
+    judge.add_argument("--template", default="hh_helpfulness", help="hh_helpfulness, tldr_summary or a file")
+    judge.add_argument("--baseline-kind", default="samples", choices=["samples", "chosen"])
+    judge.add_argument("--n-prompts", type=int, default=100)
+    judge.add_argument("--seed", type=int, default=0)
+    judge.add_argument("--workers", type=int, default=8)
+    judge.add_argument("--model", default=None, help="judge model (default: PREFOPT_JUDGE_MODEL)")
+    judge.add_argument("--base-url", default=None, help="judge endpoint (default: PREFOPT_JUDGE_BASE_URL or OpenAI)")
+    judge.set_defaults(func=_judge)
+    demo = commands.add_parser("demo", help="the whole pipeline on the small world (CPU, minutes): table and figures")
+    demo.add_argument("--out", default="results/demo", help="output folder (default: results/demo)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--noise", type=float, default=0.1, help="fraction of flipped preference labels")
+    demo.add_argument("--methods", default="", help="comma-separated subset of the demo's methods")
+    demo.add_argument("--quick", action="store_true", help="64 held-out prompts instead of 128 (the test suite's demo)")
+    demo.add_argument("--no-figures", action="store_true", help="skip drawing the figures")
+    demo.set_defaults(func=_demo)
+    sweep = commands.add_parser("noise-sweep", help="win rate against SFT versus the fraction of flipped labels")
+    sweep.add_argument("--out", default="results/noise")
+    sweep.add_argument("--noise-levels", default="0,0.1,0.2,0.3,0.4")
+    sweep.add_argument("--seeds", default="0,1,2")
+    sweep.add_argument("--methods", default="", help="default: dpo,simpo,gamma_dpo,gamma_simpo,alphapo")
+    sweep.set_defaults(func=_noise_sweep)
     tiny = commands.add_parser("tiny", help="write a tiny model, data and configs to try `prefopt train` offline")
     tiny.add_argument("directory", help="folder to write into")
     tiny.set_defaults(func=_tiny)
@@ -86,10 +282,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     from prefopt.config import ConfigError
     from prefopt.data import DataError
+    from prefopt.judges import JudgeError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError) as error:  # the user's input, not a bug: one line, no traceback
+    except (ConfigError, DataError, JudgeError) as error:  # the user's input or endpoint: one line, no traceback
         print(f"prefopt {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -50,6 +50,7 @@ class DataConfig:
     eval: Optional[str] = _help("evaluation data (same forms as train); null = no evaluation", default=None)
     eval_split: str = _help("split of the evaluation dataset", default="test")
     name: Optional[str] = _help("dataset configuration name, for Hub datasets that have several", default=None)
+    data_dir: Optional[str] = _help("data_dir of a Hub dataset (Anthropic/hh-rlhf: helpful-base)", default=None)
     format: str = _help("auto, pairs, rw or princeton_rw (see prefopt.data)", default="auto")
     max_length: int = _help("maximum tokens of prompt + response; responses are cut on the right", default=1024)
     max_prompt_length: int = _help("maximum prompt tokens; prompts are cut on the left", default=512)
@@ -108,6 +109,8 @@ class TrainConfig:
     overwrite: bool = _help("start afresh in a run folder that already holds a run (deletes its logs and checkpoints)",
                             default=False)
     use_cpu: bool = _help("train on the CPU even when a GPU is present", default=False)
+    quiet: bool = _help("no progress bar or log lines on the console (the run folder still gets every log)",
+                        default=False)
     dataloader_num_workers: int = _help("data loader worker processes", default=0)
 
 
@@ -289,7 +292,8 @@ def parse_overrides(argv: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = (), base: Optional[dict] = None) -> RunConfig:
-    """Read a YAML config (or start from ``base``), apply ``--key value`` overrides, type and validate everything."""
+    """``base`` (a stage's defaults), then the YAML file section by section, then ``--key value`` overrides; typed and
+    validated."""
     tree: dict = dict(base or {})
     if path is not None:
         path = Path(path)
@@ -301,7 +305,11 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
             raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path} must hold a mapping with sections {', '.join(SECTIONS)}")
-        tree.update(loaded or {})
+        for section, values in (loaded or {}).items():  # per section: the file's keys win over base's defaults
+            if isinstance(values, dict) and isinstance(tree.get(section), dict):
+                tree[section] = {**tree[section], **values}
+            else:
+                tree[section] = values
     for key, raw in parse_overrides(overrides):
         _apply_override(tree, key, raw)
     unknown = [k for k in tree if k not in SECTIONS]

@@ -273,6 +273,16 @@ def orpo_loss(
     return -chosen - odds_ratio_weight * F.logsigmoid(logits)
 
 
+def sft_loss(policy_chosen: Tensor) -> Tensor:
+    """Supervised fine-tuning (SPEC §6.1 step 2): ``loss = −A_θ(y)``, the per-token NLL of the target response.
+
+    Input: **length-averaged** log-probs ``[B]`` of the one response per prompt (the chosen one of a pair). Each
+    sequence counts equally; a token-weighted batch mean would weight long responses more. Returns ``[B]``.
+    """
+    _check_tensors(1, policy_chosen=policy_chosen)
+    return -_as_float(policy_chosen)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # K-candidate losses: EXO, DPO-K and f-PO (SPEC §3, §4)
 # ----------------------------------------------------------------------------------------------------------------------
@@ -527,6 +537,7 @@ class LossSpec:
     hparams: dict[str, HParam] = field(default_factory=dict)
     dynamic_margins: bool = False  # γ-PO: the trainer asks DynamicMargins for margin_offset (SPEC §5)
     needs_lengths: bool = False  # R-DPO: response token counts are passed positionally
+    single_response: bool = False  # SFT: one response per prompt, fn(policy [B])
     reward_scale: Optional[str] = "beta"  # hyper-parameter that scales the implicit reward (None: scale 1)
     description: str = ""
 
@@ -584,8 +595,8 @@ class LossSpec:
         return self.static_margin(resolved)
 
 
-def _spec(name, fn, *, reference, averaged, group=False, dynamic=False, lengths=False, scale="beta", description="",
-          **hparams):
+def _spec(name, fn, *, reference, averaged, group=False, dynamic=False, lengths=False, single=False, scale="beta",
+          description="", **hparams):
     return LossSpec(
         name=name,
         fn=fn,
@@ -595,6 +606,7 @@ def _spec(name, fn, *, reference, averaged, group=False, dynamic=False, lengths=
         hparams=hparams,
         dynamic_margins=dynamic,
         needs_lengths=lengths,
+        single_response=single,
         reward_scale=scale,
         description=description,
     )
@@ -603,6 +615,8 @@ def _spec(name, fn, *, reference, averaged, group=False, dynamic=False, lengths=
 LOSSES: dict[str, LossSpec] = {
     s.name: s
     for s in [
+        _spec("sft", sft_loss, reference=False, averaged=True, single=True, scale=None,
+              description="supervised fine-tuning: NLL of the chosen response"),
         _spec("dpo", dpo_loss, reference=True, averaged=False, beta=_BETA, label_smoothing=_LABEL_SMOOTHING,
               description="DPO / cDPO, sigmoid of β·h"),
         _spec("ipo", ipo_loss, reference=True, averaged=True, scale=None, tau=_hp(REQUIRED, _positive, "IPO regulariser τ"),

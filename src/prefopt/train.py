@@ -24,6 +24,7 @@ from transformers import TrainerCallback
 
 from prefopt.config import ConfigError, RunConfig, save_config
 from prefopt.hub import offline_from_env
+from prefopt.io import write_json
 from prefopt.losses import get_loss_spec
 
 logger = logging.getLogger("prefopt")
@@ -56,12 +57,6 @@ def package_versions() -> dict[str, Optional[str]]:
     return versions
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    partial = path.with_suffix(path.suffix + ".tmp")
-    partial.write_text(json.dumps(payload, indent=2, default=str))
-    partial.replace(path)
-
-
 class JsonlMetricsCallback(TrainerCallback):
     """Appends every log line (train and eval) to metrics.jsonl on the main process."""
 
@@ -78,7 +73,7 @@ class JsonlMetricsCallback(TrainerCallback):
 # Models and data
 # ----------------------------------------------------------------------------------------------------------------------
 
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "auto": "auto"}
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "auto": "auto"}
 
 
 def _check_model_source(name_or_path: str, key: str) -> None:
@@ -114,15 +109,21 @@ def load_tokenizer(config: RunConfig):
     return tokenizer
 
 
-def load_causal_lm(name_or_path: str, config: RunConfig):
+def load_pretrained(name_or_path: str, config: RunConfig, auto_class=None, **extra):
+    """``auto_class.from_pretrained`` (default ``AutoModelForCausalLM``) with the config's revision, dtype and
+    attention implementation; ``extra`` goes to from_pretrained (e.g. ``num_labels`` for a reward model)."""
     from transformers import AutoModelForCausalLM
 
     m = config.model
-    kwargs = dict(revision=m.revision, trust_remote_code=m.trust_remote_code, dtype=_DTYPES[m.dtype])
+    kwargs = dict(revision=m.revision, trust_remote_code=m.trust_remote_code, dtype=DTYPES[m.dtype], **extra)
     if m.attn_implementation:
         kwargs["attn_implementation"] = m.attn_implementation
     with offline_from_env():
-        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        return (auto_class or AutoModelForCausalLM).from_pretrained(name_or_path, **kwargs)
+
+
+def load_causal_lm(name_or_path: str, config: RunConfig):
+    return load_pretrained(name_or_path, config)
 
 
 def prepare_examples(config: RunConfig, tokenizer, source: str, split: str, limit: Optional[int]):
@@ -131,7 +132,8 @@ def prepare_examples(config: RunConfig, tokenizer, source: str, split: str, limi
 
     d = config.data
     records, data_report = load_records(
-        source, split=split, format=d.format, limit=limit, max_bad_fraction=d.max_bad_fraction, name=d.name
+        source, split=split, format=d.format, limit=limit, max_bad_fraction=d.max_bad_fraction, name=d.name,
+        data_dir=d.data_dir,
     )
     examples, tokenize_report = tokenize_records(
         records, tokenizer, max_length=d.max_length, max_prompt_length=d.max_prompt_length
@@ -263,18 +265,13 @@ def prepare_run_dir(config: RunConfig, checkpoint: Optional[str]) -> None:
                 log.write_text("".join(line + "\n" for line in kept))
 
 
-def run_training(config: RunConfig, argv: Optional[list[str]] = None) -> dict[str, Any]:
-    """Train one run end to end and return its final metrics (also written to <run>/metrics.json)."""
-    from prefopt.data import PreferenceCollator
-    from prefopt.margins import DynamicMargins
-    from prefopt.trainer import PreferenceTrainer
-
-    started = time.time()
-    spec = get_loss_spec(config.loss.name)
-    run_dir = config.run_dir
-    args = training_arguments(config)  # creates the distributed state: every rank knows its index from here on
+def start_run(config: RunConfig, config_header: str = ""):
+    """What every training stage does first: the TrainingArguments (which create the distributed state), a check that
+    all launched processes joined one job, the checkpoint to resume from, and the run folder with its config.yaml.
+    Returns ``(training_args, state, checkpoint)``."""
     from accelerate import PartialState
 
+    args = training_arguments(config)  # creates the distributed state: every rank knows its index from here on
     state = PartialState()
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != state.num_processes:
@@ -284,10 +281,34 @@ def run_training(config: RunConfig, argv: Optional[list[str]] = None) -> dict[st
         )
     checkpoint = resolve_checkpoint(config)
     if state.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        config.run_dir.mkdir(parents=True, exist_ok=True)
         prepare_run_dir(config, checkpoint)
-        save_config(config, run_dir / "config.yaml")
+        save_config(config, config.run_dir / "config.yaml")
+        if config_header:
+            path = config.run_dir / "config.yaml"
+            path.write_text(config_header + path.read_text())
     state.wait_for_everyone()
+    return args, state, checkpoint
+
+
+def silence_console(trainer) -> None:
+    """``train.quiet``: drop the Trainer's progress bar and log printer (the run folder still gets every log)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+
+
+def run_training(config: RunConfig, argv: Optional[list[str]] = None) -> dict[str, Any]:
+    """Train one run end to end and return its final metrics (also written to <run>/metrics.json)."""
+    from prefopt.data import PreferenceCollator
+    from prefopt.margins import DynamicMargins
+    from prefopt.trainer import PreferenceTrainer
+
+    started = time.time()
+    spec = get_loss_spec(config.loss.name)
+    run_dir = config.run_dir
+    args, state, checkpoint = start_run(config)
 
     tokenizer = load_tokenizer(config)
     d, t = config.data, config.train
@@ -339,12 +360,14 @@ def run_training(config: RunConfig, argv: Optional[list[str]] = None) -> dict[st
         margin_log_every=t.margin_log_every,
         callbacks=[JsonlMetricsCallback(run_dir / "metrics.jsonl")],
     )
+    if t.quiet:
+        silence_console(trainer)
     if spec.needs_reference and t.precompute_ref_logps:
         # With the Trainer's own accelerator (built from the launch config, DeepSpeed included): the examples are the
         # very dicts the Trainer holds, so the cached log-probs reach every batch through the collator.
         info["reference_cache"] = attach_reference_logps(config, datasets, collator, trainer.accelerator)
     if state.is_main_process:
-        _write_json(run_dir / "run_info.json", info)
+        write_json(run_dir / "run_info.json", info)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = {"train": dict(result.metrics), "global_step": trainer.state.global_step}
     if "eval" in datasets:
@@ -353,7 +376,7 @@ def run_training(config: RunConfig, argv: Optional[list[str]] = None) -> dict[st
         trainer.save_model(str(run_dir / "final"))
     metrics["wall_seconds"] = time.time() - started
     if trainer.is_world_process_zero():
-        _write_json(run_dir / "metrics.json", metrics)
+        write_json(run_dir / "metrics.json", metrics)
         info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        _write_json(run_dir / "run_info.json", info)
+        write_json(run_dir / "run_info.json", info)
     return metrics

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Optional
@@ -154,6 +153,10 @@ class PreferenceTrainer(Trainer):
             ref = ref / counts if ref is not None else None
         rewards = spec.implicit_rewards(hp, policy, ref)  # [B, K], detached
 
+        if spec.single_response:  # SFT: only the first response of each prompt is a target
+            losses = spec.fn(policy[:, 0], **self.loss_kwargs)
+            return losses.mean(), {"chosen_logps": summed.view(batch, k)[:, 0].detach()}
+
         margins = None
         if spec.group:
             losses = spec.fn(policy, ref, inputs["rewards"], **self.loss_kwargs)
@@ -206,6 +209,9 @@ class PreferenceTrainer(Trainer):
     # ------------------------------------------------------------------------------------------------------------------
 
     def _record(self, per_pair: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor], mode: str) -> None:
+        if "reward_gap" not in per_pair:  # SFT: no preference, no rewards
+            self._store({"logps/chosen": per_pair["chosen_logps"].mean()}, mode)
+            return
         gap, margin = per_pair["reward_gap"], per_pair["margin"]
         local = {
             "rewards/chosen": per_pair["chosen_reward"].mean(),
@@ -222,10 +228,7 @@ class PreferenceTrainer(Trainer):
                 "margins/min": margin.min(),
                 "margins/max": margin.max(),
             })
-        names = list(local)
-        values = self.accelerator.gather(torch.stack([v.float() for v in local.values()])[None]).mean(dim=0)
-        for name, value in zip(names, values.tolist()):
-            self._stored_metrics[mode][name].append(value)
+        self._store(local, mode)
 
         if mode != "train" or not self.margin_log_path or not self.margin_log_every:
             return
@@ -244,6 +247,12 @@ class PreferenceTrainer(Trainer):
                         "step": step, "example": int(index), "reward_gap": row_gap, "margin": row_margin,
                         "chosen_reward": chosen_reward, "rejected_reward": rejected_reward,
                     }) + "\n")
+
+    def _store(self, local: dict[str, torch.Tensor], mode: str) -> None:
+        """Average each metric over the ranks now; average over the micro-steps of a logging window in :meth:`log`."""
+        values = self.accelerator.gather(torch.stack([v.float() for v in local.values()])[None]).mean(dim=0)
+        for name, value in zip(local, values.tolist()):
+            self._stored_metrics[mode][name].append(value)
 
     def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
         mode = "train" if "loss" in logs else "eval"

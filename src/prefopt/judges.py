@@ -1,0 +1,594 @@
+"""LLM judges behind one OpenAI-compatible client, with an on-disk cache and our own retries (SPEC §7 "Judges", §6.1
+step 6).
+
+SPEC §7: every judge call goes through one OpenAI-compatible client (base URL + model name + key from the environment),
+so GPT-4, a local vLLM server or any compatible endpoint works; judgements are cached on disk keyed by (judge, prompt
+template, inputs), retried with back-off, and a rerun never pays twice. SPEC §6.1 step 6: the HH / TL;DR pairwise
+judge at temperature 0, each pair judged in both orders (see :mod:`prefopt.winrate`). SPEC §8: the small world's
+:class:`~prefopt.smallworld.world.HiddenRewardJudge` and :class:`PairwiseLLMJudge` share one interface,
+``compare(prompt, response_a, response_b) -> "A" | "B" | "tie" | "invalid"`` plus a ``name``, so the same win-rate
+code serves both.
+
+Configuration (explicit arguments win over the environment):
+
+- ``PREFOPT_JUDGE_BASE_URL``: the endpoint's base URL, default ``https://api.openai.com/v1``; requests go to
+  ``{base_url}/chat/completions``;
+- ``PREFOPT_JUDGE_MODEL``: the model name (required, by argument or environment);
+- ``PREFOPT_JUDGE_API_KEY``, falling back to ``OPENAI_API_KEY``: sent as ``Authorization: Bearer …``; a local server
+  may need none (no header is sent then);
+- ``PREFOPT_JUDGE_CACHE``: the cache directory, default ``~/.cache/prefopt/judge``.
+
+The key lives in one private attribute and in the request header; it is never written to a cache entry, a log record
+or an exception message (messages built from a server's answer are scrubbed of it, in case the server echoes it).
+
+Cache format: one JSON file per entry, ``{cache_dir}/{key[:2]}/{key}.json``, written atomically (temp file in the same
+directory + ``os.replace``). ``key`` is the sha256 of the canonical JSON (sorted keys, compact separators, UTF-8) of
+the entry's ``request`` object: ``{"cache_version", "model", "template", "template_sha256", "messages",
+"temperature", "max_tokens", "logprobs", "top_logprobs", "extra"}``. The base URL is not part of it (the same model
+behind another URL is the same judge). An entry holds ``key``, ``request`` (what was asked), ``response``
+(``content``, ``logprobs``, ``finish_reason``, ``model`` as reported by the server, ``id``, ``usage``) and
+``created`` (Unix time and ISO 8601 UTC); never the key or any header. The raw answer is cached, not the parsed
+verdict, so an unparseable answer is cached too and is re-parsed (never re-asked) on a rerun.
+
+Retries are ours (the transport never retries): timeouts, connection errors, HTTP 408, 429 and 5xx, and a 2xx body
+that is not a chat-completions JSON object are retried up to ``max_retries`` times with exponential back-off and
+jitter, ``min(backoff_max, backoff_base * 2**attempt) * U(0.5, 1)``; a ``retry-after-ms`` or ``Retry-After``
+(seconds or HTTP date) header replaces that delay (capped at ``retry_after_max``). Any other non-2xx status raises
+:class:`JudgeError` at once.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from prefopt.winrate import VERDICTS, PairwiseJudge, outcome
+
+logger = logging.getLogger(__name__)
+
+ENV_BASE_URL = "PREFOPT_JUDGE_BASE_URL"
+ENV_MODEL = "PREFOPT_JUDGE_MODEL"
+ENV_API_KEY = "PREFOPT_JUDGE_API_KEY"
+ENV_FALLBACK_API_KEY = "OPENAI_API_KEY"
+ENV_CACHE = "PREFOPT_JUDGE_CACHE"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_CACHE_DIR = Path("~/.cache/prefopt/judge")
+CACHE_VERSION = 1
+
+# The repository's judge templates (SPEC §6.1 step 6). A template name resolves here; a path works from anywhere.
+TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "eval" / "templates"
+TEMPLATE_FIELDS = ("prompt", "response_a", "response_b")
+
+_RETRY_STATUS = frozenset({408, 429})
+_REDACTED = "[REDACTED]"
+
+
+class JudgeError(RuntimeError):
+    """A judge call failed for good: a non-retryable status, or retries exhausted (SPEC §7). Never carries the key."""
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def _canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def cache_key(request: Mapping[str, Any]) -> str:
+    """The cache key of a request object (see the module docstring): sha256 of its canonical JSON."""
+    return hashlib.sha256(_canonical_json(request).encode("utf-8")).hexdigest()
+
+
+class JudgeClient:
+    """The one OpenAI-compatible chat-completions client for every judge in the project (SPEC §7).
+
+    ``model``, ``base_url`` and ``api_key`` default to the environment (see the module docstring); ``cache_dir``
+    defaults to ``$PREFOPT_JUDGE_CACHE`` or ``~/.cache/prefopt/judge``; ``use_cache=False`` turns the cache off.
+    ``timeout`` is the per-request network timeout in seconds; ``max_retries`` counts retries after the first try.
+    Thread-safe: :meth:`complete_many` and :func:`judge_many` call it from a thread pool.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        use_cache: bool = True,
+        max_retries: int = 6,
+        timeout: float = 60.0,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+        retry_after_max: float = 120.0,
+    ):
+        import httpx  # the eval extra (it comes with the openai package); not needed to import prefopt
+
+        self.model = model or _env(ENV_MODEL)
+        if not self.model:
+            raise ValueError(f"no judge model: pass model=... or set {ENV_MODEL}")
+        self.base_url = (base_url or _env(ENV_BASE_URL) or DEFAULT_BASE_URL).rstrip("/")
+        key = api_key if api_key is not None else (_env(ENV_API_KEY) or _env(ENV_FALLBACK_API_KEY))
+        self.__api_key = key or None
+        self.cache_dir = Path(cache_dir or _env(ENV_CACHE) or DEFAULT_CACHE_DIR).expanduser() if use_cache else None
+        if max_retries < 0 or timeout <= 0 or backoff_base < 0 or backoff_max < 0 or retry_after_max < 0:
+            raise ValueError("max_retries, backoff_base, backoff_max, retry_after_max must be >= 0 and timeout > 0")
+        self.max_retries, self.timeout = int(max_retries), float(timeout)
+        self.backoff_base, self.backoff_max, self.retry_after_max = backoff_base, backoff_max, retry_after_max
+        self._httpx = httpx
+        self._http = httpx.Client(timeout=httpx.Timeout(self.timeout), follow_redirects=False)
+        self._key_locks: dict[str, threading.Lock] = {}
+        self._key_locks_guard = threading.Lock()
+
+    # -- plumbing ----------------------------------------------------------------------------------------------
+
+    @property
+    def has_api_key(self) -> bool:
+        return self.__api_key is not None
+
+    def __repr__(self) -> str:
+        return (
+            f"JudgeClient(model={self.model!r}, base_url={self.base_url!r}, cache_dir={str(self.cache_dir)!r}, "
+            f"api_key={'set' if self.has_api_key else 'none'})"
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "JudgeClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _redact(self, text: str) -> str:
+        if self.__api_key:
+            text = text.replace(self.__api_key, _REDACTED)
+        return text
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.__api_key:
+            headers["Authorization"] = f"Bearer {self.__api_key}"
+        return headers
+
+    def _lock_for(self, key: str) -> threading.Lock:
+        with self._key_locks_guard:
+            return self._key_locks.setdefault(key, threading.Lock())
+
+    # -- cache -------------------------------------------------------------------------------------------------
+
+    def cache_path(self, key: str) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / key[:2] / f"{key}.json"
+
+    def _cache_read(self, key: str) -> dict | None:
+        path = self.cache_path(key)
+        if path is None or not path.exists():
+            return None
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+            if entry.get("key") != key or "content" not in entry.get("response", {}):
+                raise ValueError("not a judge cache entry for this key")
+        except (OSError, ValueError) as exc:
+            logger.warning("ignoring unreadable judge cache entry %s (%s)", path, exc)
+            return None
+        return entry
+
+    def _cache_write(self, key: str, request: dict, response: dict) -> None:
+        path = self.cache_path(key)
+        if path is None:
+            return
+        now = time.time()
+        entry = {
+            "key": key,
+            "request": request,
+            "response": response,
+            "created": now,
+            "created_utc": datetime.fromtimestamp(now, tz=timezone.utc).isoformat(),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:8]}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(entry, fh, ensure_ascii=False, indent=1, sort_keys=True)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+    # -- the call ----------------------------------------------------------------------------------------------
+
+    def request_object(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        temperature: float = 0.0,
+        max_tokens: int = 512,
+        logprobs: bool = False,
+        top_logprobs: int | None = None,
+        template_id: tuple[str, str] | None = None,
+        **extra: Any,
+    ) -> dict:
+        """The cache's ``request`` object for these arguments (what :meth:`complete` keys its cache on)."""
+        return {
+            "cache_version": CACHE_VERSION,
+            "model": self.model,
+            "template": template_id[0] if template_id else None,
+            "template_sha256": template_id[1] if template_id else None,
+            "messages": [dict(m) for m in messages],
+            "temperature": float(temperature),
+            "max_tokens": int(max_tokens),
+            "logprobs": bool(logprobs),
+            "top_logprobs": top_logprobs,
+            "extra": extra,
+        }
+
+    def complete(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        temperature: float = 0.0,
+        max_tokens: int = 512,
+        logprobs: bool = False,
+        top_logprobs: int | None = None,
+        template_id: tuple[str, str] | None = None,
+        **extra: Any,
+    ) -> dict:
+        """One chat completion, from the cache when it holds it (SPEC §7: a rerun never pays twice).
+
+        ``template_id`` = (template name, sha256 of the template text) enters the cache key only; ``extra`` (e.g.
+        ``seed``, ``stop``) is sent in the request body and enters the cache key. Returns ``{"content", "logprobs",
+        "finish_reason", "model", "usage", "cached", "key"}``. Raises :class:`JudgeError` on a non-retryable status
+        or when retries run out; nothing is cached then.
+        """
+        request = self.request_object(
+            messages,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+            template_id=template_id,
+            **extra,
+        )
+        key = cache_key(request)
+        # One lock per key: two threads asking the same thing pay once; the second finds the first's entry.
+        with self._lock_for(key):
+            entry = self._cache_read(key)
+            if entry is not None:
+                logger.debug("judge cache hit %s", key[:12])
+                return {**entry["response"], "cached": True, "key": key}
+            body: dict[str, Any] = {
+                **extra,
+                "model": self.model,
+                "messages": request["messages"],
+                "temperature": request["temperature"],
+                "max_tokens": request["max_tokens"],
+            }
+            if logprobs:
+                body["logprobs"] = True
+                if top_logprobs is not None:
+                    body["top_logprobs"] = int(top_logprobs)
+            response = self._post_with_retries(body, key)
+            self._cache_write(key, request, response)
+        return {**response, "cached": False, "key": key}
+
+    def complete_many(
+        self,
+        requests: Sequence[Mapping[str, Any]],
+        *,
+        workers: int = 8,
+        progress: bool = True,
+        desc: str = "judge",
+    ) -> list[dict]:
+        """:meth:`complete` over many requests (each a dict of its keyword arguments, ``messages`` included) in a
+        thread pool. Results in input order; each is cached as soon as it returns, so a failed or interrupted
+        batch resumes without paying again for what finished. If any call fails, the others still run to the end,
+        then a :class:`JudgeError` reports the failures."""
+        return _run_pool([lambda r=r: self.complete(**r) for r in requests], workers=workers, progress=progress,
+                         desc=desc)
+
+    def _retry_delay(self, attempt: int, headers: Mapping[str, str] | None) -> float:
+        if headers is not None:
+            retry_after = _parse_retry_after(headers)
+            if retry_after is not None:
+                return min(retry_after, self.retry_after_max)
+        return min(self.backoff_max, self.backoff_base * 2**attempt) * random.uniform(0.5, 1.0)
+
+    def _post_with_retries(self, body: dict, key: str) -> dict:
+        httpx = self._httpx
+        url = f"{self.base_url}/chat/completions"
+        last_problem = "no attempt made"
+        for attempt in range(self.max_retries + 1):
+            retry_headers = None
+            try:
+                resp = self._http.post(url, json=body, headers=self._headers())
+            except httpx.TimeoutException as exc:
+                last_problem = f"timeout after {self.timeout:g}s ({type(exc).__name__})"
+            except httpx.TransportError as exc:
+                last_problem = f"connection error ({type(exc).__name__}: {self._redact(str(exc))[:200]})"
+            else:
+                status = resp.status_code
+                if 200 <= status < 300:
+                    try:
+                        return _parse_chat_completion(resp.json())
+                    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+                        last_problem = f"HTTP {status} with a body that is not a chat completion ({exc})"
+                        last_problem = self._redact(last_problem)
+                elif status in _RETRY_STATUS or status >= 500:
+                    last_problem = f"HTTP {status}: {self._redact(resp.text[:300])!r}"
+                    retry_headers = resp.headers
+                else:
+                    raise JudgeError(
+                        f"judge endpoint {self.base_url} (model {self.model!r}) answered HTTP {status}, not retried: "
+                        f"{self._redact(resp.text[:500])!r}"
+                    ) from None
+            if attempt == self.max_retries:
+                break
+            delay = self._retry_delay(attempt, retry_headers)
+            logger.warning(
+                "judge call %s failed (%s); retry %d/%d in %.3gs", key[:12], last_problem, attempt + 1,
+                self.max_retries, delay,
+            )
+            time.sleep(delay)
+        raise JudgeError(
+            f"judge endpoint {self.base_url} (model {self.model!r}) failed {self.max_retries + 1} times; "
+            f"last: {last_problem}"
+        ) from None
+
+
+def _parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` (OpenAI) or ``Retry-After`` (seconds or an HTTP date), if given."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _parse_chat_completion(payload: Any) -> dict:
+    """The fields we keep from an OpenAI chat-completions response; ValueError when it is not one."""
+    if not isinstance(payload, dict):
+        raise ValueError("top level is not an object")
+    choices = payload.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise ValueError("no choices")
+    message = choices[0].get("message")
+    if not isinstance(message, dict):
+        raise ValueError("choice without a message")
+    content = message.get("content")
+    if content is None:
+        content = ""
+    if not isinstance(content, str):
+        raise ValueError("message content is not a string")
+    usage = payload.get("usage")
+    return {
+        "content": content,
+        "logprobs": choices[0].get("logprobs"),
+        "finish_reason": choices[0].get("finish_reason"),
+        "model": payload.get("model"),
+        "id": payload.get("id"),
+        "usage": usage if isinstance(usage, dict) else {},
+    }
+
+
+def _run_pool(calls: Sequence[Callable[[], Any]], *, workers: int, progress: bool, desc: str) -> list:
+    """Run zero-argument calls in a thread pool; results in input order; all run, then failures are raised."""
+    from tqdm.auto import tqdm
+
+    if workers < 1:
+        raise ValueError("workers must be >= 1")
+    results: list[Any] = [None] * len(calls)
+    failures: list[tuple[int, BaseException]] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(total=len(calls), desc=desc,
+                                                               disable=not progress) as bar:
+        futures = {pool.submit(call): i for i, call in enumerate(calls)}
+        for future in as_completed(futures):
+            i = futures[future]
+            exc = future.exception()
+            if exc is None:
+                results[i] = future.result()
+            else:
+                failures.append((i, exc))
+            bar.update(1)
+    if failures:
+        failures.sort(key=lambda f: f[0])
+        i, first = failures[0]
+        message = (
+            f"{len(failures)} of {len(calls)} judge calls failed (finished ones are cached; rerun to resume); "
+            f"first failure, item {i}: {first}"
+        )
+        if isinstance(first, JudgeError):
+            raise JudgeError(message) from None
+        raise JudgeError(message) from first
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pairwise templates and the LLM judge
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JudgeTemplate:
+    """A pairwise judge template (``eval/templates/*.txt``, documented in ``eval/templates/README.md``).
+
+    The file starts with a header block of lines beginning with ``#`` (not sent to the judge) that states the fields
+    and the answer format and declares the answer label with a line ``# answer-label: <Label>``; the rest is the
+    body, with the fields ``{prompt}``, ``{response_a}``, ``{response_b}``. ``sha256`` is the hash of the whole file
+    text: editing any part of a template invalidates its cache entries (SPEC §7).
+    """
+
+    name: str
+    body: str
+    answer_label: str
+    sha256: str
+    path: Path
+
+    @classmethod
+    def load(cls, name_or_path: str | os.PathLike) -> "JudgeTemplate":
+        path = Path(name_or_path)
+        if not path.is_file():
+            candidate = TEMPLATE_DIR / f"{name_or_path}.txt"
+            if not candidate.is_file():
+                raise FileNotFoundError(f"no judge template {str(name_or_path)!r} (looked for {path} and {candidate})")
+            path = candidate
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        header_end = 0
+        while header_end < len(lines) and lines[header_end].startswith("#"):
+            header_end += 1
+        label = None
+        for line in lines[:header_end]:
+            m = re.match(r"#\s*answer-label\s*:\s*(\S.*?)\s*$", line, flags=re.IGNORECASE)
+            if m:
+                label = m.group(1)
+        if not label:
+            raise ValueError(f"judge template {path} declares no '# answer-label: <Label>' header line")
+        body = "\n".join(lines[header_end:]).strip("\n")
+        for field in TEMPLATE_FIELDS:
+            if "{" + field + "}" not in body:
+                raise ValueError(f"judge template {path} lacks the field {{{field}}}")
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return cls(name=path.stem, body=body, answer_label=label, sha256=digest, path=path)
+
+    def render(self, prompt: str, response_a: str, response_b: str) -> str:
+        """The body with its fields filled in one pass (text inside a response is never substituted again)."""
+        values = {"prompt": prompt, "response_a": response_a, "response_b": response_b}
+        return re.sub(r"\{(prompt|response_a|response_b)\}", lambda m: values[m.group(1)], self.body)
+
+    def parse(self, answer: str) -> str:
+        """The verdict on the answer's last non-blank line, which must be exactly ``<Label>: A``, ``<Label>: B`` or
+        ``<Label>: tie`` (case-insensitive, whitespace tolerant); anything else is ``"invalid"``."""
+        lines = answer.strip().splitlines()
+        if not lines:
+            return "invalid"
+        pattern = rf"\s*{re.escape(self.answer_label)}\s*:\s*(A|B|tie)\s*"
+        m = re.fullmatch(pattern, lines[-1], flags=re.IGNORECASE)
+        if not m:
+            return "invalid"
+        verdict = m.group(1)
+        return "tie" if verdict.lower() == "tie" else verdict.upper()
+
+
+_ROLE_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}
+
+
+def format_chat_prompt(messages: Sequence[Mapping[str, str]]) -> str:
+    """A chat prompt as text for a judge template: one ``Human: …`` / ``Assistant: …`` / ``System: …`` paragraph
+    per message (the HH layout of SPEC §6.1 step 1, without the trailing ``Assistant:``)."""
+    if isinstance(messages, (str, bytes)) or not all(isinstance(m, Mapping) for m in messages):
+        raise TypeError("a chat prompt is a sequence of {'role', 'content'} messages")
+    try:
+        return "\n\n".join(f"{_ROLE_NAMES.get(m['role'], str(m['role']).title())}: {m['content']}" for m in messages)
+    except KeyError as exc:
+        raise TypeError(f"chat message without {exc}") from None
+
+
+class PairwiseLLMJudge:
+    """A pairwise judge that asks an LLM through :class:`JudgeClient` (SPEC §6.1 step 6, §7).
+
+    ``compare(prompt, response_a, response_b)`` renders the template into one user message, asks at temperature 0
+    and parses the verdict strictly from the template's answer line: ``"A"``, ``"B"``, ``"tie"``, or ``"invalid"``
+    for anything else (logged at debug with the answer's first characters). Endpoint failures raise
+    :class:`JudgeError` rather than counting as a verdict. Same interface as ``HiddenRewardJudge`` (SPEC §8).
+    """
+
+    def __init__(self, client: JudgeClient, template: str | os.PathLike | JudgeTemplate, *, max_tokens: int = 256,
+                 name: str | None = None):
+        self.client = client
+        self.template = template if isinstance(template, JudgeTemplate) else JudgeTemplate.load(template)
+        self.max_tokens = max_tokens
+        self.name = name or f"{client.model}/{self.template.name}"
+
+    def messages(self, prompt: str | Sequence[Mapping[str, str]], response_a: str, response_b: str) -> list[dict]:
+        """The one user message sent for this comparison. A chat prompt (a list of ``{"role", "content"}``
+        messages, as in the small world) is written out as ``Human: …`` / ``Assistant: …`` turns."""
+        if not isinstance(prompt, str):
+            prompt = format_chat_prompt(prompt)
+        for value, what in ((response_a, "response_a"), (response_b, "response_b")):
+            if not isinstance(value, str):
+                raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+        return [{"role": "user", "content": self.template.render(prompt, response_a, response_b)}]
+
+    def compare(self, prompt: str, response_a: str, response_b: str) -> str:
+        result = self.client.complete(
+            self.messages(prompt, response_a, response_b),
+            temperature=0.0,
+            max_tokens=self.max_tokens,
+            template_id=(self.template.name, self.template.sha256),
+        )
+        verdict = self.template.parse(result["content"])
+        if verdict == "invalid":
+            logger.debug("judge %s: unparseable verdict, answer starts %r", self.name, result["content"][:80])
+        return verdict
+
+
+def judge_many(
+    judge: PairwiseJudge,
+    comparisons: Sequence[tuple[Any, str, str]],
+    *,
+    workers: int = 8,
+    progress: bool = True,
+) -> list[str]:
+    """``judge.compare`` over (prompt, response_a, response_b) triples in a thread pool; verdicts in input order.
+
+    With a :class:`PairwiseLLMJudge` each judgement is cached as soon as it returns, so a batch that fails part-way
+    (a :class:`JudgeError` after all other calls have run) resumes on a rerun without paying for what finished."""
+    verdicts = _run_pool([lambda c=c: judge.compare(*c) for c in comparisons], workers=workers, progress=progress,
+                         desc=getattr(judge, "name", "judge"))
+    for v in verdicts:
+        if v not in VERDICTS:
+            raise ValueError(f"judge {getattr(judge, 'name', judge)!r} returned {v!r}, not one of {VERDICTS}")
+    return verdicts
+
+
+def judge_both_orders_many(
+    judge: PairwiseJudge,
+    pairs: Sequence[tuple[Any, str, str]],
+    *,
+    workers: int = 8,
+    progress: bool = True,
+) -> list[list[str]]:
+    """Concurrent :func:`prefopt.winrate.judge_both_orders` over (prompt, policy response, baseline response)
+    triples: per pair, the policy's outcomes with the policy shown first, then second (SPEC §6.1 step 6). Feed the
+    result to :func:`prefopt.winrate.win_rate`."""
+    comparisons = []
+    for prompt, policy, baseline in pairs:
+        comparisons += [(prompt, policy, baseline), (prompt, baseline, policy)]
+    verdicts = judge_many(judge, comparisons, workers=workers, progress=progress)
+    return [[outcome(verdicts[2 * i], "A"), outcome(verdicts[2 * i + 1], "B")] for i in range(len(pairs))]
