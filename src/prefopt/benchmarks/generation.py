@@ -1,0 +1,35 @@
+"""Per-model generation settings for the benchmarks (SPEC §6.3), kept as data in ``eval/generation/<family>.yaml``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+GENERATION_DIR = Path(__file__).resolve().parents[3] / "eval" / "generation"
+BENCHMARKS = ("alpaca_eval", "arena_hard", "mt_bench")
+
+
+def load_generation_config(family: str, benchmark: str, *, directory: Optional[Path] = None) -> dict:
+    """The sampling settings of ``benchmark`` for a model ``family`` (llama3, gemma2, mistral, qwen2, or a YAML path)."""
+    directory = Path(directory) if directory else GENERATION_DIR
+    path = Path(family) if family.endswith((".yaml", ".yml")) else directory / f"{family}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in directory.glob("*.yaml"))
+        raise ValueError(f"no generation config {path}; known model families: {', '.join(known)}")
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; choose one of {', '.join(BENCHMARKS)}")
+    settings = yaml.safe_load(path.read_text())
+    if benchmark not in settings:
+        raise ValueError(f"{path} has no settings for {benchmark}")
+    return dict(settings[benchmark])
+
+
+def temperature_for(settings: dict, category: Optional[str] = None) -> float:
+    """MT-Bench samples each category at its own temperature (fschat's table); other benchmarks use one."""
+    if "temperature_by_category" in settings:
+        if category not in settings["temperature_by_category"]:
+            raise ValueError(f"no MT-Bench temperature for category {category!r}")
+        return float(settings["temperature_by_category"][category])
+    return float(settings["temperature"])
