@@ -22,7 +22,8 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-# Files `prefopt train` and the demo's evaluation write into a run folder (contract: /tmp/demo_contract.md).
+# Files `prefopt train` and the demo's evaluation write into a run folder (README: "The run folder"; eval.json:
+# prefopt.smallworld.demo.Pipeline._evaluate).
 RUN_FILES = ("metrics.jsonl", "margins.jsonl", "eval.json", "config.yaml", "run_info.json", "metrics.json")
 
 DPI = 150

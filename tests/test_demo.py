@@ -83,6 +83,21 @@ def test_evaluation_judges_every_sample_against_the_right_baseline(demo):
     assert win_rate(outcomes).win_rate == pytest.approx(metrics["results"]["dpo"]["win_rate_vs_sft"]["win_rate"])
 
 
+def test_small_world_benchmarks_on_the_demo_policies(demo, capsys):
+    """`prefopt bench-small`: AlpacaEval 2, Arena-Hard and MT-Bench on the demo's policies, one table."""
+    from prefopt.cli import main as prefopt
+
+    out, _, _ = demo
+    assert prefopt(["bench-small", "--demo", str(out), "--out", str(out / "bench"), "--n-prompts", "16"]) == 0
+    table = (out / "bench" / "table.md").read_text()
+    for model in ("sft", *METHODS):
+        assert f"| {model} |" in table
+    dpo = json.loads((out / "bench" / "dpo" / "alpaca_eval.json").read_text())
+    sft = json.loads((out / "bench" / "sft" / "alpaca_eval.json").read_text())
+    assert sft["metrics"]["win_rate"] == pytest.approx(50.0)  # the baseline against itself
+    assert dpo["metrics"]["win_rate"] > 55.0 and dpo["scale"] == "small" and dpo["judge"] == "hidden-reward"
+
+
 def test_rerun_reuses_finished_stages_and_redoes_changed_ones(demo):
     out, settings, metrics = demo
     markers = sorted(out.glob("**/stage.json"))

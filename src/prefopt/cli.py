@@ -176,6 +176,28 @@ def _judge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_small(args: argparse.Namespace) -> int:
+    from prefopt.benchmarks.smallworld import demo_policies, run_small_world_benchmarks
+    from prefopt.benchmarks.tables import build_table, load_results
+
+    _quiet_libraries()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] or None
+    policies, baseline_dir, world = demo_policies(args.demo, methods)
+    out = Path(args.out)
+    run_small_world_benchmarks(policies, baseline_dir, out, world=world, n_prompts=args.n_prompts, seed=args.seed)
+    table = build_table(load_results(out))
+    (out / "table.md").write_text(table)
+    print(table)
+    print(f"results in {out}/<model>/<benchmark>.json, table in {out}/table.md")
+    return 0
+
+
+def _bench_table(args: argparse.Namespace) -> int:
+    from prefopt.benchmarks.tables import main as tables_main
+
+    return tables_main([args.results, *(["--latex"] if args.latex else []), *(["--out", args.out] if args.out else [])])
+
+
 def _setup_logging() -> None:
     import logging
 
@@ -268,6 +290,22 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seeds", default="0,1,2")
     sweep.add_argument("--methods", default="", help="default: dpo,simpo,gamma_dpo,gamma_simpo,alphapo")
     sweep.set_defaults(func=_noise_sweep)
+    small = commands.add_parser(
+        "bench-small", help="AlpacaEval 2, Arena-Hard and MT-Bench in the small world, on the demo's trained policies")
+    small.add_argument("--demo", default="results/demo", help="a demo output folder (make demo)")
+    small.add_argument("--out", default="results/demo/bench", help="results folder")
+    small.add_argument("--methods", default="", help="comma-separated subset of the demo's methods (default: all)")
+    small.add_argument("--n-prompts", type=int, default=64)
+    small.add_argument("--seed", type=int, default=0)
+    small.set_defaults(func=_bench_small)
+    from prefopt.benchmarks.runner import add_bench_parsers  # paper-scale entry points: bench-generate, bench-score
+
+    add_bench_parsers(commands)
+    table = commands.add_parser("bench-table", help="the benchmark table (Markdown or LaTeX) from result JSON files")
+    table.add_argument("results", help="a folder of <model>/<benchmark>.json results")
+    table.add_argument("--latex", action="store_true")
+    table.add_argument("--out", default=None)
+    table.set_defaults(func=_bench_table)
     tiny = commands.add_parser("tiny", help="write a tiny model, data and configs to try `prefopt train` offline")
     tiny.add_argument("directory", help="folder to write into")
     tiny.set_defaults(func=_tiny)

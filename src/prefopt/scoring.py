@@ -23,15 +23,12 @@ def completion_logps(
     batch_size: int = 32,
 ) -> list[list[float]]:
     """Summed log π(y | x) of each completion (EOS included), shaped like ``completions``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from prefopt.data import PreferenceCollator, tokenize_completions
     from prefopt.logps import sequence_logps
+    from prefopt.sample import load_model, load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokenizer = load_tokenizer(str(model_dir))
+    model = load_model(str(model_dir), dtype="float32", device="cpu")
     examples = tokenize_completions(prompts, completions, tokenizer, max_length=max_length,
                                     max_prompt_length=max_prompt_length)
     collate = PreferenceCollator(pad_token_id=tokenizer.pad_token_id)

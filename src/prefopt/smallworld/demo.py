@@ -280,13 +280,11 @@ class Pipeline:
         self.timings[f"train:{folder.name}"] = time.time() - started
 
     def _generate(self, model_dir: Path, prompts: list, *, k: int, seed: int) -> list[list[str]]:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from prefopt.sample import generate, load_model, load_tokenizer
 
-        from prefopt.sample import generate
-
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        # the demo is a CPU run end to end (training uses use_cpu too): same seed, same table, on any machine
+        tokenizer = load_tokenizer(str(model_dir))
+        model = load_model(str(model_dir), dtype="float32", device="cpu")
         started = time.time()
         out = generate(model, tokenizer, prompts, k=k, temperature=self.s.sample_temperature, top_k=0,
                        max_new_tokens=self.s.max_new_tokens, seed=seed, batch_size=64, progress=False)

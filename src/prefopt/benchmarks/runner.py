@@ -1,0 +1,465 @@
+"""Run the paper-scale benchmarks end to end: generate a policy's answers, then judge them (SPEC §6.2, §6.3, §7).
+
+Two steps, each resumable on its own and each writing the files of the benchmark results contract:
+
+- :func:`generate_answers` loads a model + tokenizer once, takes the model family's sampling settings from
+  ``eval/generation/<family>.yaml`` (:func:`prefopt.benchmarks.generation.load_generation_config`) and writes
+  ``<out_dir>/<benchmark>_answers.(json|jsonl)`` in the benchmark's own format (AlpacaEval outputs list, Arena-Hard
+  answer JSONL, fschat's MT-Bench model-answer JSONL) next to ``<benchmark>_answers.meta.json`` (model, family,
+  settings, seed, backend, counts, time).
+- :func:`score_answers` judges an answers file with the benchmark's scorer through OUR
+  :class:`prefopt.judges.JudgeClient` (cached on disk, so a rerun costs nothing) and writes the result JSON of the
+  contract (``scale: "paper"``), plus the raw judgements beside it (``<out>.judgements.json[l]``).
+
+Prompts are chat messages (one user turn; MT-Bench's second turn sees the first answer) rendered with the model's own
+chat template by :func:`prefopt.sample.generate` (exactly one BOS). MT-Bench samples each category at its own
+temperature: questions are generated in groups of equal temperature (one :func:`generate` call per group and turn).
+
+:func:`add_bench_parsers` registers ``prefopt bench-generate`` and ``prefopt bench-score``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from prefopt.benchmarks import alpaca_eval as ae
+from prefopt.benchmarks import arena_hard as ah
+from prefopt.benchmarks import mt_bench as mt
+from prefopt.benchmarks.generation import BENCHMARKS, GENERATION_DIR, load_generation_config, temperature_for
+from prefopt.data import DataError
+from prefopt.io import write_json, write_jsonl
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATA_DIR = "eval/data"
+ANSWER_SUFFIX = {"alpaca_eval": ".json", "arena_hard": ".jsonl", "mt_bench": ".jsonl"}
+MAKE_EVAL_DATA = "run `make eval-data` (python -m prefopt.benchmarks.eval_data --dest {dest}) to fetch it"
+
+
+class BenchDataError(DataError, FileNotFoundError):
+    """Evaluation data, a baseline or a question file is missing (a one-line message saying where to get it)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Paths and small helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_benchmark(benchmark: str) -> None:
+    if benchmark not in BENCHMARKS:
+        raise DataError(f"unknown benchmark {benchmark!r}; choose one of {', '.join(BENCHMARKS)}")
+
+
+def answers_path(out_dir: str | os.PathLike, benchmark: str) -> Path:
+    """``<out_dir>/<benchmark>_answers.json`` (AlpacaEval) or ``.jsonl`` (Arena-Hard, MT-Bench)."""
+    _check_benchmark(benchmark)
+    return Path(out_dir) / f"{benchmark}_answers{ANSWER_SUFFIX[benchmark]}"
+
+
+def answers_meta_path(path: str | os.PathLike) -> Path:
+    """The generator settings beside an answers file: ``<benchmark>_answers.meta.json``."""
+    return Path(path).with_suffix(".meta.json")
+
+
+def _sidecar(out_path: Path, what: str, suffix: str) -> Path:
+    return out_path.with_name(f"{out_path.stem}.{what}{suffix}")
+
+
+def _require(path: Path, what: str, data_dir: str | os.PathLike) -> Path:
+    if not path.is_file():
+        raise BenchDataError(f"{what} not found at {path}: {MAKE_EVAL_DATA.format(dest=data_dir)}")
+    return path
+
+
+def _family_file(family: str) -> Path:
+    return Path(family) if family.endswith((".yaml", ".yml")) else GENERATION_DIR / f"{family}.yaml"
+
+
+def _model_family(family: str) -> str:
+    try:
+        doc = yaml.safe_load(_family_file(family).read_text()) or {}
+    except OSError:
+        doc = {}
+    return str(doc.get("model_family") or Path(family).stem)
+
+
+def _version(package: str) -> Optional[str]:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _prefopt_version() -> str:
+    import prefopt
+
+    return _version("prefopt") or prefopt.__version__
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _finite(obj: Any) -> Any:
+    """NaN / inf -> None, recursively: the result files stay strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _sampling(settings: dict, temperature: float) -> dict:
+    return {"temperature": float(temperature), "top_p": float(settings.get("top_p", 1.0)),
+            "max_new_tokens": int(settings.get("max_new_tokens", 1024)),
+            "stop_strings": list(settings["stop_strings"]) if settings.get("stop_strings") else None}
+
+
+def _take(items: list, limit: Optional[int]) -> list:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DataError(f"limit must be an integer >= 1, got {limit!r}")
+    return items if limit is None else items[:limit]
+
+
+def _mt_bench_dir(data_dir: str | os.PathLike) -> Path:
+    d = Path(data_dir) / "mt_bench"
+    _require(d / "question.jsonl", "MT-Bench questions (mt_bench/question.jsonl)", data_dir)
+    return d
+
+
+def generate_answers(
+    model_path: str | os.PathLike,
+    benchmark: str,
+    *,
+    family: str,
+    model_name: Optional[str] = None,
+    data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
+    out_dir: str | os.PathLike,
+    limit: Optional[int] = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    backend: str = "auto",
+    arena_questions: Optional[str | os.PathLike] = None,
+    progress: bool = True,
+) -> Path:
+    """Generate ``model_path``'s answers to ``benchmark`` with ``family``'s settings; returns the answers file.
+
+    ``family``: a name under ``eval/generation`` (llama3, gemma2, mistral, qwen2) or a YAML path. ``model_name``
+    (default: the model folder's name) is the generator / model id written into the answers. ``limit`` keeps the
+    first N prompts (quick runs). ``arena_questions``: Arena-Hard's ``question.jsonl`` (default
+    ``<data_dir>/arena_hard/question.jsonl``). Missing data raises :class:`BenchDataError` before any model loads."""
+    from prefopt import sample
+
+    _check_benchmark(benchmark)
+    settings = load_generation_config(str(family), benchmark)
+    model_name = model_name or Path(str(model_path).rstrip("/")).name
+    data_dir = Path(data_dir)
+
+    # -- the prompts (checked before the model is loaded) ----------------------------------------------------------
+    data_files: dict[str, str] = {}
+    if benchmark == "alpaca_eval":
+        path = _require(data_dir / "alpaca_eval" / "instructions.json",
+                        "AlpacaEval instructions (alpaca_eval/instructions.json)", data_dir)
+        records = _take(json.loads(path.read_text(encoding="utf-8")), limit)
+        data_files["instructions"] = str(path)
+        n_prompts = len(records)
+    elif benchmark == "arena_hard":
+        qpath = Path(arena_questions) if arena_questions else data_dir / "arena_hard" / "question.jsonl"
+        try:
+            questions = _take(ah.load_questions(qpath), limit)
+        except FileNotFoundError as error:
+            raise BenchDataError(str(error)) from None
+        data_files["questions"] = str(qpath)
+        n_prompts = len(questions)
+    else:
+        mt_dir = _mt_bench_dir(data_dir)
+        mt_questions = _take(mt.load_questions(mt_dir, reference=None), limit)
+        data_files["questions"] = str(mt_dir / "question.jsonl")
+        n_prompts = len(mt_questions)
+
+    chosen = sample.resolve_backend(backend, str(model_path))
+    tokenizer = sample.load_tokenizer(str(model_path))
+    model = str(model_path) if chosen == "vllm" else sample.load_model(str(model_path))
+    started, t0 = _now(), time.time()
+
+    def run(prompts: list, temperature: float) -> list[str]:
+        texts = sample.generate(model, tokenizer, prompts, k=1, seed=seed, batch_size=batch_size, backend=chosen,
+                                progress=progress, **_sampling(settings, temperature))
+        return [t[0] for t in texts]
+
+    out = answers_path(out_dir, benchmark)
+    extra: dict[str, Any] = {}
+    if benchmark == "alpaca_eval":
+        texts = run([[{"role": "user", "content": r["instruction"]}] for r in records], temperature_for(settings))
+        rows = ae.make_outputs([r["instruction"] for r in records], texts, model_name)
+        for row, rec in zip(rows, records):
+            row["dataset"] = rec.get("dataset", row["dataset"])
+        ae.save_outputs(rows, out)
+        counts = {"prompts": n_prompts, "answers": len(rows)}
+    elif benchmark == "arena_hard":
+        texts = run([[{"role": "user", "content": q["question"]}] for q in questions], temperature_for(settings))
+        token_lens = {q["question_id"]: len(tokenizer(t, add_special_tokens=False)["input_ids"])
+                      for q, t in zip(questions, texts)}
+        ah.write_answers(out, model_name, {q["question_id"]: t for q, t in zip(questions, texts)}, token_lens)
+        counts = {"prompts": n_prompts, "answers": len(texts)}
+    else:
+        groups: dict[float, list] = {}
+        for q in mt_questions:
+            groups.setdefault(temperature_for(settings, q.category), []).append(q)
+        answers = []
+        for temperature, group in groups.items():
+            answers += mt.generate_two_turn(group, lambda convs, t=temperature: run(convs, t), model_id=model_name,
+                                            batched=True)
+        mt.save_answers(out, answers)
+        counts = {"prompts": n_prompts, "answers": len(answers), "turns": 2 * len(answers)}
+        extra["temperature_by_category_used"] = {q.category: temperature_for(settings, q.category)
+                                                 for q in mt_questions}
+
+    meta = {
+        "benchmark": benchmark,
+        "model_path": str(model_path),
+        "model_name": model_name,
+        "family": str(family),
+        "model_family": _model_family(str(family)),
+        "settings": settings,
+        **extra,
+        "seed": seed,
+        "batch_size": batch_size,
+        "backend": backend,
+        "backend_used": chosen,
+        "limit": limit,
+        "counts": counts,
+        "data": data_files,
+        "answers": str(out),
+        "prefopt": _prefopt_version(),
+        "started": started,
+        "finished": _now(),
+        "seconds": round(time.time() - t0, 3),
+    }
+    write_json(answers_meta_path(out), meta)
+    logger.info("%s: %d answers of %s -> %s", benchmark, counts["answers"], model_name, out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scoring
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _generation_record(answers: Path) -> dict:
+    meta_file = answers_meta_path(answers)
+    if not meta_file.is_file():
+        return {"note": f"no generator settings found ({meta_file} is missing)"}
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    keep = ("model_path", "family", "model_family", "settings", "temperature_by_category_used", "seed", "backend",
+            "backend_used", "limit", "counts")
+    return {k: meta[k] for k in keep if k in meta}
+
+
+def _score_alpaca(answers: Path, client, *, baseline, workers, out_path: Path) -> tuple[dict, str, str]:
+    try:
+        baseline_rows = ae.load_baseline_outputs(baseline)
+    except FileNotFoundError as error:
+        raise BenchDataError(str(error)) from None
+    annotator = ae.AlpacaAnnotator.load()
+    annotations = ae.annotate(ae.load_outputs(answers), baseline_rows, client, annotator=annotator,
+                              workers=workers)
+    metrics = ae.compute_metrics(annotations, judge=client.model, template_sha256=annotator.template_sha256)
+    for key in ("judge", "template_sha256", "alpaca_eval_version"):
+        metrics.pop(key, None)
+    write_json(_sidecar(out_path, "judgements", ".json"), _finite(annotations))
+    return metrics, annotator.template_sha256, f"{ae.BASELINE_GENERATOR} ({baseline})"
+
+
+def _score_arena(answers: Path, client, *, baseline, questions_path: Path, workers, out_path: Path,
+                 model_name: str) -> tuple[dict, str, str]:
+    if baseline is None:
+        raise BenchDataError(f"Arena-Hard needs the {ah.DEFAULT_BASELINE} baseline answers: pass baseline=PATH "
+                             f"(model_answer/{ah.DEFAULT_BASELINE}.jsonl); {ah.OFFICIAL_SOURCE}")
+    try:
+        questions = ah.load_questions(questions_path)
+        base = ah.load_answers(baseline)
+    except FileNotFoundError as error:
+        raise BenchDataError(str(error)) from None
+    mine = ah.load_answers(answers)
+    asked = [q for q in questions if q["question_id"] in mine]
+    if not asked:
+        raise DataError(f"{answers} answers none of the {len(questions)} questions of {questions_path}")
+    if len(asked) < len(questions):
+        logger.warning("Arena-Hard: %d of %d questions answered; judging those only", len(asked), len(questions))
+    template = ah.load_template()
+    records = ah.judge_answers(client, asked, {model_name: mine}, base, template=template, workers=workers)
+    scores = ah.score_judgements(records)["models"][model_name]
+    metrics = {"win_rate": scores["win_rate"], "ci": scores["ci"], "counts": scores["counts"],
+               "questions": scores["questions"], "questions_total": len(questions),
+               **{k: scores[k] for k in ("ci_minus", "ci_plus", "games", "valid_games", "invalid", "battles")}}
+    write_jsonl(_sidecar(out_path, "judgements", ".jsonl"), records)
+    return metrics, template.sha256, f"{ah.DEFAULT_BASELINE} ({baseline})"
+
+
+def _score_mt(answers: Path, client, *, data_dir, workers, out_path: Path) -> tuple[dict, str, str]:
+    d = _mt_bench_dir(data_dir)
+    _require(d / "judge_prompts.jsonl", "MT-Bench judge prompts (mt_bench/judge_prompts.jsonl)", data_dir)
+    _require(d / "reference_answer" / f"{mt.DEFAULT_REFERENCE}.jsonl",
+             f"MT-Bench reference answers (mt_bench/reference_answer/{mt.DEFAULT_REFERENCE}.jsonl)", data_dir)
+    questions = mt.load_questions(d)
+    prompts = mt.load_judge_prompts(d)
+    mine = mt.load_answers(answers)
+    records = mt.grade_answers(client, questions, mine, prompts, workers=workers, progress=False)
+    s = mt.score_ratings(records)
+    metrics = {"score": s["score"], "per_turn": s["per_turn"], "per_category": s["per_category"],
+               "n_invalid": s["n_invalid"], "n": len({r["question_id"] for r in records}),
+               "n_ratings": s["n_ratings"], "questions_total": len(questions), "invalid_policy": s["invalid_policy"],
+               "judge_prompts_sha256": {name: p.sha256 for name, p in prompts.items()},
+               "reference": mt.DEFAULT_REFERENCE}
+    write_jsonl(_sidecar(out_path, "judgements", ".jsonl"), records)
+    return metrics, _sha256_file(d / "judge_prompts.jsonl"), "none (single-answer grading)"
+
+
+def score_answers(
+    benchmark: str,
+    answers_path: str | os.PathLike,
+    *,
+    model_name: str,
+    out_path: str | os.PathLike,
+    client=None,
+    data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
+    baseline: Optional[str | os.PathLike] = None,
+    workers: int = 8,
+    arena_questions: Optional[str | os.PathLike] = None,
+) -> dict:
+    """Judge an answers file of ``benchmark`` through ``client`` (default: ``JudgeClient()`` from the environment),
+    write the contract's result JSON to ``out_path`` (and the judgements beside it) and return it.
+
+    ``baseline``: AlpacaEval's gpt4_1106_preview outputs file or Arena-Hard's gpt-4-0314 answer JSONL (MT-Bench needs
+    none). Arena-Hard's questions: ``arena_questions``, else the file the answers were generated from (their
+    ``.meta.json``), else ``<data_dir>/arena_hard/question.jsonl``; only the answered questions are judged."""
+    _check_benchmark(benchmark)
+    answers = Path(answers_path)
+    if not answers.is_file():
+        raise BenchDataError(f"no answers file at {answers}: run `prefopt bench-generate` first")
+    out_path = Path(out_path)
+    generation = _generation_record(answers)
+    if client is None:
+        from prefopt.judges import JudgeClient
+
+        client = JudgeClient()
+    if benchmark == "alpaca_eval":
+        metrics, sha, base = _score_alpaca(answers, client, baseline=baseline, workers=workers, out_path=out_path)
+    elif benchmark == "arena_hard":
+        qpath = arena_questions
+        meta_file = answers_meta_path(answers)
+        if qpath is None and meta_file.is_file():
+            qpath = json.loads(meta_file.read_text(encoding="utf-8")).get("data", {}).get("questions")
+        qpath = Path(qpath) if qpath else Path(data_dir) / "arena_hard" / "question.jsonl"
+        metrics, sha, base = _score_arena(answers, client, baseline=baseline, questions_path=qpath, workers=workers,
+                                          out_path=out_path, model_name=model_name)
+    else:
+        metrics, sha, base = _score_mt(answers, client, data_dir=data_dir, workers=workers, out_path=out_path)
+    result = _finite({
+        "benchmark": benchmark,
+        "model": model_name,
+        "scale": "paper",
+        "metrics": metrics,
+        "judge": client.model,
+        "template_sha256": sha,
+        "baseline": base,
+        "evaluator": {"prefopt": _prefopt_version(), "alpaca_eval": _version("alpaca_eval")},
+        "generation": generation,
+        "answers": str(answers),
+        "created": _now(),
+    })
+    write_json(out_path, result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _summary(benchmark: str, metrics: dict) -> str:
+    def f(x):
+        return "n/a" if x is None else f"{x:.2f}"
+
+    if benchmark == "alpaca_eval":
+        return (f"WR {f(metrics.get('win_rate'))} ± {f(metrics.get('standard_error'))}, LC {f(metrics.get('lc_win_rate'))}"
+                f" (ours {f(metrics.get('lc_win_rate_ours'))}), n={metrics.get('n')}")
+    if benchmark == "arena_hard":
+        lo, hi = metrics.get("ci") or (None, None)
+        return f"WR {f(metrics.get('win_rate'))} [{f(lo)}, {f(hi)}], {metrics.get('questions')} questions"
+    return f"score {f(metrics.get('score'))}, n={metrics.get('n')}, invalid={metrics.get('n_invalid')}"
+
+
+def _cmd_generate(args) -> int:
+    path = generate_answers(args.model, args.benchmark, family=args.family, model_name=args.name,
+                            data_dir=args.data_dir, out_dir=args.out, limit=args.limit, seed=args.seed,
+                            batch_size=args.batch_size, backend=args.backend, arena_questions=args.arena_questions)
+    meta = json.loads(answers_meta_path(path).read_text(encoding="utf-8"))
+    print(f"{args.benchmark}: {meta['counts']['answers']} answers of {meta['model_name']} "
+          f"({meta['model_family']}, {meta['backend_used']}, {meta['seconds']:.1f}s) -> {path}")
+    return 0
+
+
+def _cmd_score(args) -> int:
+    result = score_answers(args.benchmark, args.answers, model_name=args.name, out_path=args.out,
+                           data_dir=args.data_dir, baseline=args.baseline, workers=args.workers,
+                           arena_questions=args.arena_questions)
+    print(f"{args.benchmark} {args.name}: {_summary(args.benchmark, result['metrics'])} "
+          f"(judge {result['judge']}) -> {args.out}")
+    return 0
+
+
+def add_bench_parsers(subparsers) -> None:
+    """Register ``bench-generate`` and ``bench-score`` on the ``prefopt`` CLI's subparsers."""
+    gen = subparsers.add_parser("bench-generate", help="generate a model's answers to AlpacaEval 2 / Arena-Hard / "
+                                                       "MT-Bench with its family's settings")
+    gen.add_argument("model", metavar="MODEL", help="model folder or Hub id")
+    gen.add_argument("benchmark", metavar="BENCHMARK", choices=BENCHMARKS, help=" | ".join(BENCHMARKS))
+    gen.add_argument("--family", required=True,
+                     help="generation settings: llama3, gemma2, mistral, qwen2 (eval/generation) or a YAML path")
+    gen.add_argument("--out", required=True, help="output folder (gets <benchmark>_answers.* and .meta.json)")
+    gen.add_argument("--name", default=None, help="model name in the answers (default: the model folder's name)")
+    gen.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="offline eval data (default: %(default)s)")
+    gen.add_argument("--limit", type=int, default=None, help="only the first N prompts (quick runs)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--batch-size", type=int, default=8)
+    gen.add_argument("--backend", default="auto", choices=("auto", "hf", "vllm"))
+    gen.add_argument("--arena-questions", default=None,
+                     help="Arena-Hard question.jsonl (default: <data-dir>/arena_hard/question.jsonl)")
+    gen.set_defaults(func=_cmd_generate)
+
+    score = subparsers.add_parser("bench-score", help="judge a benchmark answers file and write the result JSON")
+    score.add_argument("benchmark", metavar="BENCHMARK", choices=BENCHMARKS, help=" | ".join(BENCHMARKS))
+    score.add_argument("answers", metavar="ANSWERS", help="the answers file written by bench-generate")
+    score.add_argument("--name", required=True, help="model name in the result")
+    score.add_argument("--out", required=True, help="result JSON path, e.g. results/<model>/<benchmark>.json")
+    score.add_argument("--baseline", default=None,
+                       help="AlpacaEval: gpt4_1106_preview outputs JSON; Arena-Hard: gpt-4-0314 answers JSONL")
+    score.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="offline eval data (default: %(default)s)")
+    score.add_argument("--workers", type=int, default=8, help="parallel judge requests")
+    score.add_argument("--arena-questions", default=None,
+                       help="Arena-Hard question.jsonl (default: the one used at generation, else <data-dir>)")
+    score.set_defaults(func=_cmd_score)
