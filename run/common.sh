@@ -1,0 +1,213 @@
+# shellcheck shell=bash
+# Shared helpers of the run/*.sh experiment scripts: sourced, never run on its own.
+#
+# Variables (all optional, read from the environment):
+#   PREFOPT   the prefopt command (default: prefopt)
+#   RESULTS   results root, relative to the repository root or absolute (default: results)
+#   CONFIGS   config root (default: training_configs)
+#   LAUNCH    launcher for train/sft/rm, e.g.
+#             "accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml -m prefopt.cli"
+#             (default: empty = plain $PREFOPT)
+#   EXTRA     "--key value ..." overrides appended to every train/sft/rm call (last one wins)
+#   METHODS   space-separated methods to align (default: the experiment's methods)
+#   EVAL_CHECKPOINT  checkpoint folder of each run that is evaluated (default: final; or checkpoint-N)
+#   DRY_RUN   1 = print each command instead of running it (skips are reported on stderr)
+
+PREFOPT=${PREFOPT:-prefopt}
+RESULTS=${RESULTS:-results}
+CONFIGS=${CONFIGS:-training_configs}
+LAUNCH=${LAUNCH:-}
+EXTRA=${EXTRA:-}
+EVAL_CHECKPOINT=${EVAL_CHECKPOINT:-final}
+DRY_RUN=${DRY_RUN:-0}
+
+# Work from the repository root: config and eval-data paths are relative to it.
+REPO_ROOT=${REPO_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+cd "$REPO_ROOT" || exit 1
+
+read -r -a PREFOPT_CMD <<< "$PREFOPT"
+read -r -a EXTRA_ARGS <<< "$EXTRA"
+if [[ -n "$LAUNCH" ]]; then
+    read -r -a TRAIN_CMD <<< "$LAUNCH"
+else
+    TRAIN_CMD=("${PREFOPT_CMD[@]}")
+fi
+
+log() { printf '[%s] %s\n' "$(basename "$0" .sh)" "$*" >&2; }
+
+# run CMD...: print the command (shell-quoted, one line) when DRY_RUN=1, run it otherwise.
+run() {
+    if [[ "$DRY_RUN" == 1 ]]; then
+        local out="" arg
+        for arg in "$@"; do out+="$(printf '%q' "$arg") "; done
+        printf '%s\n' "${out% }"
+    else
+        log "+ $*"
+        "$@"
+    fi
+}
+
+# done_ PATH [NAME]: true when a stage's output exists (a file, or a folder that is not empty); says so on stderr.
+done_() {
+    local path=$1 name=${2:-$1}
+    if [[ -f "$path" || ( -d "$path" && -n "$(ls -A "$path" 2>/dev/null)" ) ]]; then
+        log "skip $name: $path exists"
+        return 0
+    fi
+    return 1
+}
+
+# need FILE HOW: fail early (not in a dry run) when an input file is missing.
+need() {
+    if [[ "$DRY_RUN" != 1 && ! -e "$1" ]]; then
+        log "missing $1 — $2"
+        exit 1
+    fi
+}
+
+# train_stage SUBCOMMAND CONFIG RUN_DIR [--key value ...]: prefopt train|sft|rm into RUN_DIR unless RUN_DIR/metrics.json
+# exists. The run folder is passed as --output_dir so that RESULTS decides where it goes; EXTRA comes last.
+train_stage() {
+    local sub=$1 config=$2 run_dir=$3
+    shift 3
+    done_ "$run_dir/metrics.json" "$sub $(basename "$run_dir")" && return 0
+    run "${TRAIN_CMD[@]}" "$sub" "$config" --output_dir "$run_dir" "$@" "${EXTRA_ARGS[@]}"
+}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Table 1 (SPEC §6.1): table1_pipeline DATASET MODE   (DATASET in hh|tldr, MODE in pref|rw)
+#
+# Extra variables:
+#   TRAIN_PROMPTS  local train file the rw stage samples from (default: $RESULTS/table1/<dataset>_train_prompts.jsonl)
+#   TEST_PAIRS     local test pairs file: prompts to sample and chosen responses for the judge
+#                  (default: $RESULTS/table1/<dataset>_test_pairs.jsonl)
+#   K (4), TEMPERATURE (0.8), TOP_K (0), MAX_NEW_TOKENS (hh 200, tldr 75), N_TEST_PROMPTS (512), N_JUDGE (100)
+#   SAMPLE_ARGS    extra flags for every `prefopt sample` (e.g. "--backend vllm --batch-size 64")
+#   JUDGE_ARGS     extra flags for every `prefopt judge` (e.g. "--workers 8 --model gpt-4-0613")
+#   SKIP_JUDGE     1 = no judge calls (no endpoint), the RM's mean reward only
+#   STAGES         "train" = stop after the alignment runs (every script; evaluate later by rerunning without it)
+table1_pipeline() {
+    local dataset=$1 mode=$2
+    local setting="${dataset}_${mode}" template max_new
+    case "$dataset" in
+        hh) template=hh_helpfulness; max_new=200 ;;
+        tldr) template=tldr_summary; max_new=75 ;;
+        *) log "unknown dataset $dataset"; exit 2 ;;
+    esac
+    local methods=${METHODS:-fpo dpo exo}
+    local k=${K:-4} temperature=${TEMPERATURE:-0.8} top_k=${TOP_K:-0}
+    local max_new_tokens=${MAX_NEW_TOKENS:-$max_new}
+    local n_test=${N_TEST_PROMPTS:-512} n_judge=${N_JUDGE:-100}
+    local out="$RESULTS/table1"
+    local train_prompts=${TRAIN_PROMPTS:-$out/${dataset}_train_prompts.jsonl}
+    local test_pairs=${TEST_PAIRS:-$out/${dataset}_test_pairs.jsonl}
+    local sample_args judge_args
+    read -r -a sample_args <<< "${SAMPLE_ARGS:-}"
+    read -r -a judge_args <<< "${JUDGE_ARGS:-}"
+    local sampling=(--temperature "$temperature" --top-k "$top_k" --max-new-tokens "$max_new_tokens" "${sample_args[@]}")
+
+    local sft_dir="$out/${dataset}_sft" rm_dir="$out/${dataset}_rm"
+    local sft_model="$sft_dir/final" rm_model="$rm_dir/final"
+
+    # 1. SFT and 2. reward model (shared by the pref and rw settings of a dataset)
+    train_stage sft "$CONFIGS/table1/$dataset/sft.yaml" "$sft_dir"
+    train_stage rm "$CONFIGS/table1/$dataset/rm.yaml" "$rm_dir"
+
+    # 3. rw data: K samples per train prompt from the SFT model, labelled by the RM
+    local data_override=()
+    if [[ "$mode" == rw ]]; then
+        local samples="$out/$setting/train_samples.jsonl" rw_data="$out/$setting/rw_train.jsonl"
+        if ! done_ "$samples" "sample train K=$k"; then
+            need "$train_prompts" "export the train split first (see run/README.md, TRAIN_PROMPTS)"
+            run "${PREFOPT_CMD[@]}" sample "$sft_model" "$train_prompts" "$samples" --k "$k" "${sampling[@]}"
+        fi
+        done_ "$rw_data" "label" || run "${PREFOPT_CMD[@]}" label "$rm_model" "$samples" "$rw_data"
+        data_override=(--data.train "$rw_data")
+    fi
+
+    # 4. align each method from the SFT model (policy and reference)
+    local method
+    for method in $methods; do
+        train_stage train "$CONFIGS/table1/$setting/$method.yaml" "$out/${setting}_${method}" \
+            --model.name_or_path "$sft_model" --model.ref_name_or_path "$sft_model" "${data_override[@]}"
+    done
+    [[ "${STAGES:-all}" == train ]] && return 0  # STAGES=train: train now, evaluate in a later call
+
+    # 5. evaluation: 4 samples on N_TEST_PROMPTS test prompts from the SFT model and each policy
+    local eval_dir="$out/eval/${dataset}"
+    local sft_samples="$eval_dir/sft_samples.jsonl"
+    if ! done_ "$sft_samples" "sample test sft"; then
+        need "$test_pairs" "export the test split first (see run/README.md, TEST_PAIRS)"
+        run "${PREFOPT_CMD[@]}" sample "$sft_model" "$test_pairs" "$sft_samples" --k 4 --limit "$n_test" "${sampling[@]}"
+    fi
+    done_ "$eval_dir/sft_mean_reward.json" "mean-reward sft" ||
+        run "${PREFOPT_CMD[@]}" mean-reward "$rm_model" "$sft_samples" --out "$eval_dir/sft_mean_reward.json"
+
+    for method in $methods; do
+        local run_dir="$out/${setting}_${method}"
+        local ev="$run_dir/eval_${EVAL_CHECKPOINT}" policy="$run_dir/$EVAL_CHECKPOINT"
+        done_ "$ev/samples.jsonl" "sample test $method" ||
+            run "${PREFOPT_CMD[@]}" sample "$policy" "$test_pairs" "$ev/samples.jsonl" --k 4 --limit "$n_test" "${sampling[@]}"
+        done_ "$ev/mean_reward.json" "mean-reward $method" ||
+            run "${PREFOPT_CMD[@]}" mean-reward "$rm_model" "$ev/samples.jsonl" --out "$ev/mean_reward.json"
+        if [[ "${SKIP_JUDGE:-0}" != 1 ]]; then
+            done_ "$ev/vs_sft/winrate.json" "judge $method vs sft" ||
+                run "${PREFOPT_CMD[@]}" judge "$ev/samples.jsonl" "$sft_samples" "$ev/vs_sft" \
+                    --template "$template" --baseline-kind samples --n-prompts "$n_judge" "${judge_args[@]}"
+            done_ "$ev/vs_chosen/winrate.json" "judge $method vs chosen" ||
+                run "${PREFOPT_CMD[@]}" judge "$ev/samples.jsonl" "$test_pairs" "$ev/vs_chosen" \
+                    --template "$template" --baseline-kind chosen --n-prompts "$n_judge" "${judge_args[@]}"
+        fi
+    done
+}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tables 2 and 3 (SPEC §6.2, §6.3): bench_pipeline TABLE SETTING FAMILY DEFAULT_METHODS
+#   configs $CONFIGS/<table>/<setting>/<method>.yaml, runs $RESULTS/<table>/<setting>_<method>,
+#   benchmark answers and results $RESULTS/<table>/bench/<setting>/<method>/, table $RESULTS/<table>/bench/<setting>/table.md
+#
+# Extra variables:
+#   BENCHMARKS     (default: "alpaca_eval arena_hard mt_bench")
+#   GEN_ARGS       extra flags for every bench-generate (e.g. "--backend vllm" or "--limit 5 --data-dir eval/data")
+#   SCORE_ARGS     extra flags for every bench-score (e.g. "--workers 8")
+#   ALPACA_BASELINE / ARENA_BASELINE  --baseline files for alpaca_eval / arena_hard scoring (default: the command's own)
+#   TABLE_ARGS     extra flags for bench-table (e.g. "--latex")
+bench_pipeline() {
+    local table=$1 setting=$2 family=$3 default_methods=$4
+    local methods=${METHODS:-$default_methods}
+    local benchmarks=${BENCHMARKS:-alpaca_eval arena_hard mt_bench}
+    local gen_args score_args table_args
+    read -r -a gen_args <<< "${GEN_ARGS:-}"
+    read -r -a score_args <<< "${SCORE_ARGS:-}"
+    read -r -a table_args <<< "${TABLE_ARGS:-}"
+    local out="$RESULTS/$table" bench_dir="$RESULTS/$table/bench/$setting"
+    local method benchmark
+
+    for method in $methods; do
+        train_stage train "$CONFIGS/$table/$setting/$method.yaml" "$out/${setting}_${method}"
+    done
+    [[ "${STAGES:-all}" == train ]] && return 0  # STAGES=train: train now, evaluate in a later call
+
+    for method in $methods; do
+        local model="$out/${setting}_${method}/$EVAL_CHECKPOINT" dir="$bench_dir/$method"
+        for benchmark in $benchmarks; do
+            local answers="$dir/${benchmark}_answers.jsonl"
+            [[ "$benchmark" == alpaca_eval ]] && answers="$dir/${benchmark}_answers.json"
+            done_ "$answers" "bench-generate $method $benchmark" ||
+                run "${PREFOPT_CMD[@]}" bench-generate "$model" "$benchmark" --family "$family" --out "$dir" \
+                    --name "$method" "${gen_args[@]}"
+            local baseline=()
+            [[ "$benchmark" == alpaca_eval && -n "${ALPACA_BASELINE:-}" ]] && baseline=(--baseline "$ALPACA_BASELINE")
+            [[ "$benchmark" == arena_hard && -n "${ARENA_BASELINE:-}" ]] && baseline=(--baseline "$ARENA_BASELINE")
+            done_ "$dir/$benchmark.json" "bench-score $method $benchmark" ||
+                run "${PREFOPT_CMD[@]}" bench-score "$benchmark" "$answers" --name "$method" --out "$dir/$benchmark.json" \
+                    "${baseline[@]}" "${score_args[@]}"
+        done
+    done
+
+    # The table is cheap and always rebuilt from whatever results exist; public reference numbers (SPEC §6.3), when
+    # the setting has them, are shown beside ours and marked as such.
+    local reference=()
+    [[ -f "$CONFIGS/$table/$setting/reference.json" ]] && reference=(--reference "$CONFIGS/$table/$setting/reference.json")
+    run "${PREFOPT_CMD[@]}" bench-table "$bench_dir" --out "$bench_dir/table.md" "${reference[@]}" "${table_args[@]}"
+}
