@@ -460,7 +460,9 @@ class JudgeTemplate:
     path: Path
 
     @classmethod
-    def load(cls, name_or_path: str | os.PathLike) -> "JudgeTemplate":
+    def load(cls, name_or_path: str | os.PathLike, *, fields: Sequence[str] = TEMPLATE_FIELDS) -> "JudgeTemplate":
+        """A template by name (``eval/templates/<name>.txt``) or path; ``fields`` are the placeholders its body must
+        hold (the pairwise judges' by default; Arena-Hard's template has its own)."""
         path = Path(name_or_path)
         if not path.is_file():
             candidate = TEMPLATE_DIR / f"{name_or_path}.txt"
@@ -480,7 +482,7 @@ class JudgeTemplate:
         if not label:
             raise ValueError(f"judge template {path} declares no '# answer-label: <Label>' header line")
         body = "\n".join(lines[header_end:]).strip("\n")
-        for field in TEMPLATE_FIELDS:
+        for field in fields:
             if "{" + field + "}" not in body:
                 raise ValueError(f"judge template {path} lacks the field {{{field}}}")
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()

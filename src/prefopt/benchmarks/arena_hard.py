@@ -349,36 +349,11 @@ def _check_answers(questions, model_answers, baseline_answers) -> None:
 
 
 def load_template(name_or_path: str | os.PathLike = DEFAULT_TEMPLATE):
-    """The Arena-Hard judge template as a :class:`prefopt.judges.JudgeTemplate` (same file format and sha256 over
-    the whole file, so editing it invalidates the cache; its fields are {question}, {answer_a}, {answer_b}, which
-    is why it is built here rather than by ``JudgeTemplate.load``)."""
-    import hashlib
+    """The Arena-Hard judge template as a :class:`prefopt.judges.JudgeTemplate` (same file format and sha256 over the
+    whole file, so editing it invalidates the cache), with Arena-Hard's fields {question}, {answer_a}, {answer_b}."""
+    from prefopt.judges import JudgeTemplate
 
-    from prefopt.judges import TEMPLATE_DIR, JudgeTemplate
-
-    path = Path(name_or_path)
-    if not path.is_file():
-        path = TEMPLATE_DIR / f"{name_or_path}.txt"
-        if not path.is_file():
-            raise FileNotFoundError(f"no Arena-Hard judge template {str(name_or_path)!r} (looked for {path})")
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
-    end = 0
-    while end < len(lines) and lines[end].startswith("#"):
-        end += 1
-    label = None
-    for line in lines[:end]:
-        m = re.match(r"#\s*answer-label\s*:\s*(\S.*?)\s*$", line, flags=re.IGNORECASE)
-        if m:
-            label = m.group(1)
-    if not label:
-        raise ValueError(f"judge template {path} declares no '# answer-label: <Label>' header line")
-    body = "\n".join(lines[end:]).strip("\n")
-    for field in TEMPLATE_FIELDS:
-        if "{" + field + "}" not in body:
-            raise ValueError(f"judge template {path} lacks the field {{{field}}}")
-    return JudgeTemplate(name=path.stem, body=body, answer_label=label,
-                         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(), path=path)
+    return JudgeTemplate.load(name_or_path, fields=TEMPLATE_FIELDS)
 
 
 def render_messages(template, question: str, answer_a: str, answer_b: str) -> list[dict]:
