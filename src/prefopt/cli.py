@@ -27,13 +27,13 @@ def _list_losses(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, base: Optional[dict] = None) -> int:
     from prefopt.config import load_config
     from prefopt.train import run_training
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides, base=base)
     _setup_logging()
-    metrics = run_training(config, argv=["prefopt", "train", args.config, *args.overrides])
+    metrics = run_training(config, argv=["prefopt", args.command, args.config, *args.overrides])
     print(f"run folder: {config.run_dir}  (steps: {metrics['global_step']}, {metrics['wall_seconds']:.1f} s)")
     return 0
 
@@ -100,15 +100,8 @@ def _quiet_libraries() -> None:
 
 
 def _sft(args: argparse.Namespace) -> int:
-    from prefopt.config import load_config
-    from prefopt.train import run_training
-
     # SPEC §6.1 step 2: the same trainer with the `sft` loss on one response per prompt (pairs rows: their chosen)
-    config = load_config(args.config, args.overrides, base={"loss": {"name": "sft"}, "data": {"format": "sft"}})
-    _setup_logging()
-    metrics = run_training(config, argv=["prefopt", "sft", args.config, *args.overrides])
-    print(f"run folder: {config.run_dir}  (steps: {metrics['global_step']}, {metrics['wall_seconds']:.1f} s)")
-    return 0
+    return _train(args, base={"loss": {"name": "sft"}, "data": {"format": "sft"}})
 
 
 def _rm(args: argparse.Namespace) -> int:

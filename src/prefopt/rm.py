@@ -50,6 +50,7 @@ from prefopt.hub import offline_from_env
 from prefopt.train import (
     DTYPES,
     JsonlMetricsCallback,
+    finish_run,
     git_revision,
     load_pretrained,
     load_tokenizer,
@@ -351,12 +352,7 @@ def run_reward_model(config: RunConfig, argv: Optional[list[str]] = None) -> dic
                 "loss": "bradley_terry", "max_length": d.max_length, "max_prompt_length": d.max_prompt_length,
                 "base_model": config.model.name_or_path,
             })
-    metrics["wall_seconds"] = time.time() - started
-    if trainer.is_world_process_zero():
-        write_json(run_dir / "metrics.json", metrics)
-        info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        write_json(run_dir / "run_info.json", info)
-    return metrics
+    return finish_run(trainer, run_dir, metrics, info, started)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -291,6 +291,17 @@ def start_run(config: RunConfig, config_header: str = ""):
     return args, state, checkpoint
 
 
+def finish_run(trainer, run_dir: Path, metrics: dict, info: dict, started: float) -> dict:
+    """What every training stage does last (main process): metrics.json with the wall time, and run_info.json
+    stamped finished. Returns ``metrics``."""
+    metrics["wall_seconds"] = time.time() - started
+    if trainer.is_world_process_zero():
+        write_json(run_dir / "metrics.json", metrics)
+        info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_json(run_dir / "run_info.json", info)
+    return metrics
+
+
 def silence_console(trainer) -> None:
     """``train.quiet``: drop the Trainer's progress bar and log printer (the run folder still gets every log)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -374,9 +385,4 @@ def run_training(config: RunConfig, argv: Optional[list[str]] = None) -> dict[st
         metrics["eval"] = trainer.evaluate()
     if t.save_final_model:
         trainer.save_model(str(run_dir / "final"))
-    metrics["wall_seconds"] = time.time() - started
-    if trainer.is_world_process_zero():
-        write_json(run_dir / "metrics.json", metrics)
-        info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        write_json(run_dir / "run_info.json", info)
-    return metrics
+    return finish_run(trainer, run_dir, metrics, info, started)
