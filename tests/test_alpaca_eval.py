@@ -185,6 +185,7 @@ def test_official_lc_offline_status():
 
 
 def test_smallworld_length_bias_raises_raw_not_lc():
+    from prefopt.smallworld.benchmarks import HiddenRewardAlpacaJudge
     from prefopt.smallworld.world import SmallWorld, WorldConfig
 
     world = SmallWorld(WorldConfig(length_weight=0.0))
@@ -199,12 +200,12 @@ def test_smallworld_length_bias_raises_raw_not_lc():
             words = world.base_response(p, r)[:-2].split()
             outs.append(" ".join(words * (k if r.random() < 0.5 else 1)) + " .")
         model = ae.make_outputs(prompts, outs, f"x{k}")
-        anns = ae.smallworld_annotate(world, model, base, length_bias=0.06)
+        anns = ae.annotate(model, base, HiddenRewardAlpacaJudge(world, length_bias=0.06))
         assert all(1 <= a["preference"] <= 2 for a in anns)
         m = ae.compute_metrics(anns, official_lc="never")
         raw[k], lc[k] = m["win_rate"], m["lc_win_rate_ours"]
     assert raw[3] - raw[1] > 10
     assert abs(lc[3] - lc[1]) < 0.3 * (raw[3] - raw[1])
     # without the bias, nothing moves much
-    anns0 = ae.smallworld_annotate(world, model, base, length_bias=0.0)
+    anns0 = ae.annotate(model, base, HiddenRewardAlpacaJudge(world, length_bias=0.0))
     assert ae.raw_win_rate(anns0)["win_rate"] < raw[3] - 10

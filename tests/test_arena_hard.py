@@ -16,6 +16,7 @@ from scipy.special import expit, log_expit
 from fake_openai import FakeOpenAI, Reply  # tests/ is on sys.path under pytest
 from prefopt.benchmarks import arena_hard as ah
 from prefopt.judges import JudgeClient
+from prefopt.smallworld.benchmarks import HiddenRewardArenaJudge, arena_questions, gap_label
 from prefopt.smallworld.world import SmallWorld
 
 BASE = ah.DEFAULT_BASELINE
@@ -285,13 +286,13 @@ def test_judge_answers_with_a_callable_and_missing_answers():
 
 def test_gap_labels():
     kw = dict(tie_margin=0.1, strong_margin=1.0)
-    assert [ah.gap_label(g, **kw) for g in (2.0, 0.5, 0.05, -0.05, -0.5, -2.0)] == \
+    assert [gap_label(g, **kw) for g in (2.0, 0.5, 0.05, -0.05, -0.5, -2.0)] == \
            ["A>>B", "A>B", "A=B", "A=B", "B>A", "B>>A"]
 
 
 def test_small_world_end_to_end():
     world = SmallWorld()
-    questions = ah.small_world_questions(world, 12, seed=0)
+    questions = arena_questions(world, 12, seed=0)
     rng = random.Random(0)
     baseline = {q["question_id"]: world.base_response(q["question"], rng) for q in questions}
 
@@ -301,7 +302,7 @@ def test_small_world_end_to_end():
 
     models = {"same": dict(baseline),  # identical answers: every game a tie -> exactly 50%
               "best-of-8": {q["question_id"]: best_of(q, 8) for q in questions}}
-    records = ah.small_world_judgements(world, questions, models, baseline)
+    records = ah.judge_answers(HiddenRewardArenaJudge(world), questions, models, baseline)
     assert len(records) == 2 * 2 * 12
     scores = ah.score_judgements(records)
     assert scores["models"]["same"]["win_rate"] == pytest.approx(50.0)
@@ -310,5 +311,5 @@ def test_small_world_end_to_end():
     assert best["win_rate"] > 60 and best["invalid"] == 0
     assert best["ci"][0] <= best["win_rate"] <= best["ci"][1]
     # a position-biased judge still gives a symmetric answer for identical responses thanks to the swap
-    biased = ah.small_world_judgements(world, questions, {"same": baseline}, baseline, position_bias=0.3)
+    biased = ah.judge_answers(HiddenRewardArenaJudge(world, position_bias=0.3), questions, {"same": baseline}, baseline)
     assert ah.score_judgements(biased)["models"]["same"]["win_rate"] == pytest.approx(50.0)

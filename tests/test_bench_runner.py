@@ -18,6 +18,7 @@ from prefopt.benchmarks import arena_hard as ah  # noqa: E402
 from prefopt.benchmarks import mt_bench as mt  # noqa: E402
 from prefopt.benchmarks import runner  # noqa: E402
 from prefopt.judges import JudgeClient  # noqa: E402
+from prefopt.runs import RUN_INFO_KEYS, meta_path  # noqa: E402
 from prefopt.tiny import save_tiny  # noqa: E402
 
 from fake_openai import FakeOpenAI, Reply  # noqa: E402
@@ -140,7 +141,9 @@ def test_generate_alpaca_eval_format_and_meta(world, generated):
     assert [r["instruction"] for r in rows] == [r["instruction"] for r in ALPACA]
     assert [r["dataset"] for r in rows] == [r["dataset"] for r in ALPACA]
     assert all(r["generator"] == "tiny" and isinstance(r["output"], str) for r in rows)
-    meta = json.loads((path.parent / "alpaca_eval_answers.meta.json").read_text())
+    assert runner.answers_meta_path(path) == path.parent / "alpaca_eval_answers.json.meta.json"
+    meta = json.loads(runner.answers_meta_path(path).read_text())
+    assert set(RUN_INFO_KEYS) <= set(meta) and meta["stage"] == "bench-generate"
     assert meta["settings"] == {"temperature": 0.5, "top_p": 0.9, "max_new_tokens": 5}
     assert meta["model_path"] == str(world["model"]) and meta["model_family"] == "tiny"
     assert meta["backend"] == "hf" and meta["backend_used"] == "hf" and meta["seed"] == 0
@@ -206,6 +209,9 @@ def test_score_alpaca_eval(world, generated, fake, tmp_path):
     assert result["template_sha256"] == ae.AlpacaAnnotator.load().template_sha256
     assert result["evaluator"]["alpaca_eval"] is not None
     assert (tmp_path / "tiny" / "alpaca_eval.judgements.json").is_file()
+    record = json.loads(meta_path(out).read_text())
+    assert set(RUN_INFO_KEYS) <= set(record) and record["stage"] == "bench-score" and record["finished"]
+    assert record["benchmark"] == "alpaca_eval" and record["result"] == str(out)
     assert fake.count() == 4
     with pytest.raises(runner.BenchDataError, match="gpt4_1106_preview"):
         runner.score_answers("alpaca_eval", generated["alpaca_eval"], model_name="tiny", out_path=out,

@@ -1,4 +1,4 @@
-"""Small-world benchmarks (prefopt.benchmarks.smallworld) and the Table 2/3 builder (prefopt.benchmarks.tables)."""
+"""Small-world benchmarks (prefopt.smallworld.benchmarks) and the Table 2/3 builder (prefopt.benchmarks.tables)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from prefopt.benchmarks import smallworld, tables
+from prefopt.benchmarks import tables
+from prefopt.runs import RUN_INFO_KEYS, meta_path
+from prefopt.smallworld import benchmarks as smallworld
 from prefopt.smallworld.world import SmallWorld
 from prefopt.tiny import build_model
 
@@ -54,8 +56,10 @@ def test_results_files_follow_the_contract(bench):
             assert data["generation"]["model_family"] == "small-world"
             assert data["generation"]["max_new_tokens"] == 8 and data["generation"]["temperature"] == 0.8
             assert "prefopt" in data["evaluator"] and "alpaca_eval" in data["evaluator"]
-            assert (out / model / f"{benchmark}_answers.meta.json").is_file()
-            assert list((out / model).glob(f"{benchmark}_answers.json*"))
+            answers = out / model / f"{benchmark}_answers.{'json' if benchmark == 'alpaca_eval' else 'jsonl'}"
+            meta = json.loads(meta_path(answers).read_text())
+            assert set(RUN_INFO_KEYS) <= set(meta) and meta["stage"] == "bench-generate" and meta["finished"]
+            assert meta["benchmark"] == benchmark and meta["generation"] == data["generation"]
         ae = results[model]["alpaca_eval"]["metrics"]
         assert 0 <= ae["win_rate"] <= 100 and 0 <= ae["lc_win_rate_ours"] <= 100
         assert ae["lc_win_rate"] is None and ae["n"] == N
@@ -66,6 +70,9 @@ def test_results_files_follow_the_contract(bench):
         assert 1 <= mt["score"] <= 10 and set(mt["per_turn"]) == {"1", "2"} and mt["n"] == N
     answers = json.loads((out / "other" / "alpaca_eval_answers.json").read_text())
     assert len(answers) == N and all(a["generator"] == "other" for a in answers)
+    stage = json.loads((out / "run_info.json").read_text())
+    assert set(RUN_INFO_KEYS) <= set(stage) and stage["stage"] == "bench-small" and stage["wall_seconds"] >= 0
+    assert stage["n_prompts"] == N and set(stage["policies"]) == {"same", "other"}
 
 
 def test_identical_policy_scores_fifty(bench):

@@ -38,7 +38,8 @@ def test_resolved_config_round_trips(tmp_path):
     save_config(config, tmp_path / "resolved.yaml")
     again = load_config(tmp_path / "resolved.yaml")
     assert again.to_dict() == config.to_dict()
-    assert again.train.max_steps == 7 and again.train.report_to == ["none"]
+    # report_to "none" is TrainingArguments' empty list, and is written back as ["none"]
+    assert again.train.max_steps == 7 and again.train.report_to == [] and again.to_dict()["train"]["report_to"] == ["none"]
 
 
 @pytest.mark.parametrize(
@@ -80,6 +81,18 @@ def test_overrides(tmp_path, overrides, check):
         ({"model": {"name_or_path": ""}}, [], r"model\.name_or_path is required"),
         ({}, ["--bf16", "maybe"], r"bf16 must be true or false"),
         ({}, ["learning_rate", "1"], r"expected --key value"),
+        # TrainingArguments' own fields, checked before the Trainer sees them (issue: tracebacks before)
+        ({}, ["--optim", "adamw_torchh"], r"train\.optim: 'adamw_torchh' is not valid: did you mean 'adamw_torch'"),
+        ({}, ["--lr_scheduler_type", "cosinee"], r"train\.lr_scheduler_type: 'cosinee' is not valid: did you mean 'cosine'"),
+        ({}, ["--report_to", "wandbb"], r"train\.report_to: unknown logger 'wandbb': did you mean 'wandb'"),
+        ({}, ["--adam_beta1", "3"], r"adam_beta1 and adam_beta2 must lie in \[0, 1\)"),
+        ({}, ["--train.eval_strategy", "sometimes"], r"train\.eval_strategy: 'sometimes' is not valid"),
+        ({}, ["--train.fp16", "--bf16"], r"^train: At most one of fp16 and bf16"),  # TrainingArguments' own message
+        ({}, ["--train.gradient_checkpointing", "true"], r"write model\.gradient_checkpointing"),
+        ({}, ["--train.warmup_steps", "5"], r"warmup_steps and train\.warmup_ratio are both set"),
+        ({"loss": {**BASE["loss"], "margin_tau": 1.0}}, [], r"loss\.margin_tau has moved: write margins\.tau"),
+        ({"loss": {"name": "gamma_simpo", "beta": 2.0, "gamma_beta_ratio": 0.5}}, [], r"set margins\.tau"),
+        ({}, ["--margins.tau", "1.0"], r"margins\.tau is set but loss 'simpo' has no dynamic margins"),
     ],
 )
 def test_bad_input_gives_one_line_that_says_what_to_write(tmp_path, tree_patch, overrides, message):
@@ -115,3 +128,51 @@ def test_parse_overrides_forms():
     assert parse_overrides(["--a.b", "1", "--c=2", "--flag", "--d-e", "x"]) == [
         ("a.b", "1"), ("c", "2"), ("flag", "true"), ("d_e", "x"),
     ]
+
+
+def test_every_training_arguments_field_is_reachable(tmp_path):
+    # the train section is a TrainingArguments: fields prefopt does not mention are settable all the same
+    config = load_config(_write(tmp_path, BASE), ["--train.dataloader_drop_last", "true", "--train.adam_epsilon",
+                                                  "1e-6", "--train.warmup_ratio", "0", "--train.warmup_steps", "3"])
+    assert config.train.dataloader_drop_last is True and config.train.adam_epsilon == 1e-6
+    assert config.train.warmup_steps == 3
+    from transformers import TrainingArguments
+
+    assert isinstance(config.train, TrainingArguments)
+    save_config(config, tmp_path / "resolved.yaml")  # a hand-set TrainingArguments field is part of config.yaml
+    resolved = yaml.safe_load((tmp_path / "resolved.yaml").read_text())["train"]
+    assert resolved["dataloader_drop_last"] is True and resolved["warmup_steps"] == 3
+    assert "output_dir" not in resolved and "eval_strategy" not in resolved  # derived, not hand-set
+
+
+def test_derived_training_arguments():
+    base = {**BASE, "data": {"train": "t.jsonl", "eval": "e.jsonl"}}
+    config = load_config(None, ["--eval_steps", "5", "--save_steps", "7", "--warmup_ratio", "0.25"], base=base)
+    t = config.train
+    assert (t.eval_strategy.value, t.save_strategy.value, t.warmup_steps) == ("steps", "steps", 0.25)
+    assert t.output_dir == "results/default/simpo" and t.run_name == "simpo"
+    no_eval = load_config(None, ["--eval_steps", "5"], base=BASE)  # no eval data: no evaluation
+    assert no_eval.train.eval_strategy.value == "no" and no_eval.train.save_strategy.value == "no"
+    checkpointing = load_config(None, ["--model.gradient_checkpointing", "true"], base=BASE)
+    assert checkpointing.train.activation_checkpointing is True
+
+
+def test_gamma_po_settings_live_in_the_margins_section_and_gamma0_has_one_source():
+    tree = {**BASE, "loss": {"name": "gamma_simpo", "beta": 2.5, "gamma_beta_ratio": 0.4}, "margins": {"tau": 3.0}}
+    config = load_config(None, [], base=tree)
+    assert config.margins.tau == 3.0 and config.gamma0 == pytest.approx(2.5 * 0.4)
+    from prefopt.train import build_margins
+
+    margins = build_margins(config, process_index=0)
+    assert margins.gamma0 == pytest.approx(1.0) and margins.tau == 3.0
+
+
+def test_reward_model_config_has_no_loss_section(tmp_path):
+    from prefopt.config import RewardModelConfig, load_rm_config
+
+    rm = load_rm_config(None, [], base={"model": BASE["model"], "data": BASE["data"]})
+    assert isinstance(rm, RewardModelConfig) and not hasattr(rm, "loss") and str(rm.run_dir) == "results/default/rm"
+    with pytest.raises(ConfigError, match=r"reward-model config has no 'loss' section"):
+        load_rm_config(None, [], base=BASE)
+    save_config(rm, tmp_path / "rm.yaml")
+    assert set(yaml.safe_load((tmp_path / "rm.yaml").read_text())) == {"model", "data", "train"}

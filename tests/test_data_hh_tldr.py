@@ -9,7 +9,6 @@ and is loaded from local JSONL files through the same code a Hub dataset goes th
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -324,14 +323,11 @@ def test_data_dir_and_config_reach_datasets_load_dataset(monkeypatch):
                          {"name": "comparisons", "split": "validation", "data_dir": None})
 
 
-def test_offline_hh_hub_load_fails_fast_with_one_line(monkeypatch, tmp_path):
+def test_offline_hh_hub_load_fails_with_a_one_line_data_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache: nothing to fall back on
-    start = time.perf_counter()
     with pytest.raises(DataError) as info:
         load_records("Anthropic/hh-rlhf", data_dir="helpful-base", format="hh")
-    elapsed = time.perf_counter() - start
     message = str(info.value)
-    assert elapsed < 10, f"offline failure took {elapsed:.1f}s (connection retries?)"
     assert "\n" not in message
     assert "'Anthropic/hh-rlhf'" in message and "data_dir='helpful-base'" in message and "not found" in message

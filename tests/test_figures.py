@@ -1,4 +1,5 @@
-"""The figure scripts (figures/*.py) on small synthetic run folders written by hand after the output contract."""
+"""The figures (prefopt.plots, and their command-line wrappers figures/*.py) on small synthetic run folders written by
+hand after the output contract."""
 
 import importlib
 import json
@@ -20,11 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-common = importlib.import_module("figures._common")
-md = importlib.import_module("figures.margin_distribution")
-frontier = importlib.import_module("figures.frontier")
-curves = importlib.import_module("figures.curves")
-winrates = importlib.import_module("figures.winrates")
+from prefopt.plots import _common as common  # noqa: E402
+from prefopt.plots import curves, frontier, winrates  # noqa: E402
+from prefopt.plots import margins as md  # noqa: E402
+
+SCRIPT_MODULES = {name: importlib.import_module(f"figures.{name}")
+                  for name in ("margin_distribution", "frontier", "curves", "winrates", "noise_sweep")}
 
 STEPS, PAIRS = 6, 5  # margins.jsonl rows per run: 30
 
@@ -274,7 +276,8 @@ def test_winrates_sorted_bars_with_ties_and_cis(runs):
 # main(): files, warnings, errors
 # ----------------------------------------------------------------------------------------------------------------------
 
-SCRIPTS = {"margins": md, "frontier": frontier, "curves": curves, "winrates": winrates}
+SCRIPTS = {"margins": SCRIPT_MODULES["margin_distribution"], "frontier": SCRIPT_MODULES["frontier"],
+           "curves": SCRIPT_MODULES["curves"], "winrates": SCRIPT_MODULES["winrates"]}
 
 
 @pytest.mark.parametrize("name", list(SCRIPTS))
@@ -305,7 +308,7 @@ def test_main_on_a_folder_without_run_files_exits_naming_it(name, tmp_path):
 
 def test_main_when_no_run_has_the_file_exits_naming_the_folders(runs, tmp_path):
     with pytest.raises(SystemExit, match="none of the run folders .*sft"):
-        md.main([str(runs / "sft"), "--out", str(tmp_path / "m.png")])
+        SCRIPTS["margins"].main([str(runs / "sft"), "--out", str(tmp_path / "m.png")])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -352,9 +355,9 @@ def test_notebook_cells_run_on_a_runs_folder(runs, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Noise sweep: figure and table (figures/noise_sweep.py, prefopt.smallworld.demo.render_noise_table)
+# Noise sweep: figure and table (prefopt.plots.noise_sweep, figures/noise_sweep.py, prefopt.smallworld.demo's table)
 # ----------------------------------------------------------------------------------------------------------------------
-noise_sweep = importlib.import_module("figures.noise_sweep")
+from prefopt.plots import noise_sweep  # noqa: E402
 
 
 def _sweep(tmp_path, values):
@@ -399,4 +402,4 @@ def test_noise_sweep_means_and_intervals(tmp_path):
 
 def test_noise_sweep_without_results_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="make noise-sweep"):
-        noise_sweep.main([str(tmp_path), "--out", str(tmp_path / "n.png")])
+        SCRIPT_MODULES["noise_sweep"].main([str(tmp_path), "--out", str(tmp_path / "n.png")])

@@ -29,3 +29,23 @@ def test_bad_names_are_clear_errors():
         load_generation_config("llama3", "mmlu")
     with pytest.raises(ValueError, match="no MT-Bench temperature"):
         temperature_for(load_generation_config("llama3", "mt_bench"), "poetry")
+
+
+def test_settings_are_package_data_found_from_any_directory(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import prefopt
+    from prefopt.benchmarks.generation import GENERATION_DIR
+
+    assert Path(str(GENERATION_DIR)) == Path(prefopt.__file__).parent / "resources" / "generation"
+    monkeypatch.chdir(tmp_path)  # not the repository
+    assert {p.name for p in GENERATION_DIR.iterdir()} >= {f"{family}.yaml" for family in FAMILIES}
+    assert load_generation_config("qwen2", "alpaca_eval")["temperature"] == 0.5
+    # A YAML path still works from anywhere, and a directory of one's own replaces the packaged one.
+    (tmp_path / "mine.yaml").write_text("alpaca_eval: {temperature: 0.3}\n")
+    assert load_generation_config("mine.yaml", "alpaca_eval") == {"temperature": 0.3}
+    assert load_generation_config("mine", "alpaca_eval", directory=tmp_path) == {"temperature": 0.3}
+    with pytest.raises(ValueError, match="known model families: mine$"):
+        load_generation_config("llama3", "alpaca_eval", directory=tmp_path)
+    with pytest.raises(ValueError, match="known model families: $"):
+        load_generation_config("llama3", "alpaca_eval", directory=tmp_path / "none")

@@ -55,10 +55,9 @@ from fake_openai import FakeOpenAI, Reply, prefer_longer  # noqa: E402  (tests/ 
 
 
 @pytest.fixture
-def server():
-    fake = FakeOpenAI()
-    yield fake
-    fake.close()
+def server(fake_judge):
+    """The session's fake judge server (tests/conftest.py), reset around each test: default rule, no records."""
+    return fake_judge
 
 
 @pytest.fixture(autouse=True)
@@ -235,14 +234,18 @@ def test_every_judgement_returns_under_timeouts_429_500_and_garbage_and_a_rerun_
     assert server.count() == before
 
 
-def test_retry_after_is_honoured(server, tmp_path):
+def test_retry_after_is_honoured(server, tmp_path, monkeypatch):
+    delays = []  # every wait the client chose between two tries, in order
+    choose = JudgeClient._retry_delay
+    monkeypatch.setattr(JudgeClient, "_retry_delay",
+                        lambda self, attempt, headers: delays.append(choose(self, attempt, headers)) or delays[-1])
     msg = [{"role": "user", "content": "rate limited"}]
     server.rule = lambda c, n: Reply(status=429, headers={"Retry-After": "1"}) if n == 1 else Reply(content="ok")
     with make_client(server, tmp_path / "c1", backoff_base=0.001, backoff_max=0.002) as client:
         t0 = time.monotonic()
         assert client.complete(msg)["content"] == "ok"
         assert time.monotonic() - t0 >= 0.95  # waited what the server asked, not the 2 ms back-off
-    assert server.count() == 2
+    assert server.count() == 2 and delays == [1.0]
 
     msg = [{"role": "user", "content": "rate limited in ms"}]
     server.rule = lambda c, n: Reply(status=429, headers={"retry-after-ms": "300"}) if n <= 2 else Reply(content="ok")
@@ -250,15 +253,15 @@ def test_retry_after_is_honoured(server, tmp_path):
         t0 = time.monotonic()
         assert client.complete(msg)["content"] == "ok"
         assert time.monotonic() - t0 >= 0.55
-    assert server.count("in ms") == 3
+    assert server.count("in ms") == 3 and delays[1:] == [0.3, 0.3]
 
     # Without the header the (tiny) exponential back-off applies.
     msg = [{"role": "user", "content": "rate limited, no header"}]
     server.rule = lambda c, n: Reply(status=429) if n <= 2 else Reply(content="ok")
     with make_client(server, tmp_path / "c3", backoff_base=0.001, backoff_max=0.002) as client:
-        t0 = time.monotonic()
         assert client.complete(msg)["content"] == "ok"
-        assert time.monotonic() - t0 < 0.5
+    # The waits the client chose, not the wall clock (which a loaded machine stretches): at most backoff_max, 2 ms.
+    assert len(delays) == 5 and all(0 < d <= 0.002 for d in delays[3:]), delays
     assert server.count("no header") == 3
 
 
@@ -347,6 +350,32 @@ def test_shipped_templates_declare_fields_and_answer_line_and_render_in_one_pass
     assert JudgeTemplate.load(TEMPLATE_DIR / "tldr_summary.txt").body == JudgeTemplate.load(TLDR).body
     with pytest.raises(FileNotFoundError):
         JudgeTemplate.load("no_such_template")
+
+
+def test_templates_are_package_data_found_by_name_from_any_directory(tmp_path, monkeypatch):
+    import prefopt
+    from prefopt.judges import pairwise
+
+    package_dir = Path(prefopt.__file__).parent
+    assert Path(str(TEMPLATE_DIR)) == package_dir / "resources" / "templates"
+    assert pairwise.TEMPLATE_DIR == TEMPLATE_DIR
+    monkeypatch.chdir(tmp_path)  # not the repository: a name still resolves to the packaged file
+    for name in (HH, TLDR, "arena_hard"):
+        assert (TEMPLATE_DIR / f"{name}.txt").is_file()
+    assert JudgeTemplate.load(HH).path == TEMPLATE_DIR / f"{HH}.txt"
+    # A relative path is a path from the working directory, and wins over a packaged name.
+    (tmp_path / HH).write_text("# answer-label: Verdict\n{prompt} {response_a} {response_b}\n")
+    assert JudgeTemplate.load(HH).answer_label == "Verdict" and JudgeTemplate.load(HH).path == Path(HH)
+
+
+def test_judge_error_is_the_one_in_prefopt_errors():
+    from prefopt import errors, judges
+    from prefopt.judges import client, pairwise
+
+    assert JudgeError is errors.JudgeError is judges.JudgeError is client.JudgeError is pairwise.JudgeError
+    assert issubclass(JudgeError, errors.PrefoptError) and issubclass(JudgeError, RuntimeError)
+    assert judges.JudgeClient is client.JudgeClient and judges.PairwiseLLMJudge is pairwise.PairwiseLLMJudge
+    assert judges._run_pool is client._run_pool
 
 
 def test_bad_templates_are_rejected(tmp_path):

@@ -967,10 +967,6 @@ def test_rw_without_targets_raises():
 
 ALL_NAMES = {"sft", "dpo", "ipo", "hinge", "rdpo", "simpo", "cpo", "orpo", "exo", "dpo_k", "fpo", "alphapo",
              "gamma_simpo", "gamma_dpo"}
-NEEDS_REF = {"dpo", "ipo", "hinge", "rdpo", "exo", "dpo_k", "fpo", "gamma_dpo"}
-AVERAGED = {"sft", "ipo", "simpo", "orpo", "alphapo", "gamma_simpo"}
-GROUP = {"exo", "dpo_k", "fpo"}
-DYNAMIC = {"gamma_simpo", "gamma_dpo"}
 
 
 def test_registry_names():
@@ -980,13 +976,28 @@ def test_registry_names():
 
 
 @pytest.mark.parametrize("name", sorted(ALL_NAMES))
-def test_registry_flags(name):
+def test_registry_flags_agree_with_the_functions(name):
+    # The registry's description of each loss must match what its function takes (the wiring itself — summed or
+    # averaged inputs, lengths, margins — is checked end to end in tests/test_dispatch.py).
+    import inspect
+
     spec = L.get_loss_spec(name)
-    assert spec.needs_reference is (name in NEEDS_REF)
-    assert spec.averaged_inputs is (name in AVERAGED)
-    assert spec.group is (name in GROUP)
-    assert spec.dynamic_margins is (name in DYNAMIC)
-    assert callable(spec.fn)
+    params = inspect.signature(spec.fn).parameters
+    positional = [p for p, v in params.items() if v.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    assert spec.inputs in L.INPUT_KINDS
+    assert spec.needs_reference is any(p.startswith("ref") for p in positional), positional
+    assert (spec.inputs == "group") is ("targets" in positional)
+    assert (spec.inputs == "pair_lengths") is ("chosen_lengths" in positional)
+    assert (spec.inputs == "single") is (len(positional) == 1)
+    assert ("margin_offset" in params) is (spec.inputs in ("pair", "pair_lengths"))
+    assert set(spec.margin_hparams) <= set(spec.hparams) and not set(spec.margin_hparams) & set(params)
+    assert set(spec.loss_kwargs(spec.resolve_hparams(_good_hparams(name)))) <= set(params)
+
+
+def _good_hparams(name):
+    spec = L.get_loss_spec(name)
+    given = dict(GOOD_HPARAMS.get(name, {}))
+    return {**{k: 0.5 for k, hp in spec.hparams.items() if hp.default is L.REQUIRED}, **given}
 
 
 def test_registry_fns_are_the_loss_functions():
@@ -1121,6 +1132,6 @@ def test_sft_loss_is_the_negative_averaged_log_prob_and_checks_its_input():
     rng = np.random.default_rng(11)
     averaged = rng.uniform(-5.0, -0.1, size=9)
     np.testing.assert_allclose(L.sft_loss(torch.tensor(averaged)).numpy(), -averaged, rtol=0, atol=0)
-    assert L.get_loss_spec("sft").single_response and not L.get_loss_spec("dpo").single_response
+    assert L.get_loss_spec("sft").inputs == "single" and L.get_loss_spec("dpo").inputs == "pair"
     with pytest.raises(ValueError, match="non-finite"):
         L.sft_loss(torch.tensor([float("nan")]))

@@ -22,13 +22,11 @@ from prefopt.benchmarks.mt_bench import (
     load_questions,
     make_answer,
     parse_rating,
-    reward_to_rating,
     save_answers,
     score_ratings,
-    small_world_questions,
-    small_world_ratings,
 )
 from prefopt.judges import JudgeClient
+from prefopt.smallworld.benchmarks import HiddenRewardRatingJudge, mt_bench_questions, reward_to_rating
 from prefopt.smallworld.world import SmallWorld, WorldConfig
 
 from fake_openai import FakeOpenAI, Reply
@@ -233,7 +231,7 @@ def test_grading_end_to_end_cached(fake, mt_dir, tmp_path):
 
 def test_small_world_variant():
     world = SmallWorld(WorldConfig())
-    qs = small_world_questions(world, 8, seed=1)
+    qs = mt_bench_questions(world, 8, seed=1)
     assert len(qs) == 8 and sorted({q.category for q in qs}) == sorted(world.topics)
     vocab = set(world.vocabulary)
     for q in qs:
@@ -243,7 +241,7 @@ def test_small_world_variant():
     from prefopt.smallworld.world import TOPICS
     good = {q.question_id: " ".join(TOPICS[q.category][:5]) for q in qs}
     answers = [make_answer(q.question_id, "m", [good[q.question_id], ""]) for q in qs]
-    records = small_world_ratings(world, answers, qs)
+    records = grade_answers(HiddenRewardRatingJudge(world), qs, answers, progress=False)
     assert len(records) == 16
     c = world.config
     lo, hi = -1 + c.length_weight * c.min_words, 1 + c.length_weight * c.max_words

@@ -49,11 +49,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prefopt.tiny import save_tiny
-
 STEPS = 4
 N_ROWS = 32
-WORDS = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ro", "su", "ti") for b in ("x", "y", "z", "w")]
 LOSSES = {
     "dpo": {"name": "dpo", "beta": 0.1},
     "simpo": {"name": "simpo", "beta": 2.0, "gamma_beta_ratio": 0.5},
@@ -65,16 +62,20 @@ COMPARED = (
 RTOL, ATOL = 1e-4, 1e-7
 TIMEOUT_S = 300
 
+# Four `prefopt train` runs, two of them with two torchrun ranks: about a minute on 2 CPU cores.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A tiny GPT-NeoX + tokenizer, 32 synthetic pairs, and one YAML config per loss."""
+def setup(tmp_path_factory, tiny_model, tiny_words):
+    """The session's tiny GPT-NeoX + tokenizer (tests/conftest.py), 32 synthetic pairs in its words, and one YAML
+    config per loss."""
     root = tmp_path_factory.mktemp("multiprocess")
-    model = save_tiny(root / "model", WORDS, seed=0)
+    model = tiny_model
     rng = random.Random(0)
 
     def text(low, high):
-        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high)))
+        return " ".join(rng.choice(tiny_words) for _ in range(rng.randint(low, high)))
 
     data = root / "pairs.jsonl"
     data.write_text(

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prefopt.tiny import save_tiny
-
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "tell me about the apple river stone cat moon tree sure here is a clear kind answer no go away".split()
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
+def small(tmp_path_factory, tiny_model, tiny_tokenizer):
+    """The session's tiny model (tests/conftest.py, linked as ``model``) and HH / chat fixture data in its words."""
+    assert set(WORDS) <= set(tiny_tokenizer.get_vocab())
     root = tmp_path_factory.mktemp("paper_small")
-    save_tiny(root / "model", WORDS, hidden_size=32)
+    (root / "model").symlink_to(tiny_model, target_is_directory=True)
     rng = random.Random(0)
     hh, chat = [], []
     for i in range(16):
@@ -48,6 +48,7 @@ def _run_script(small, script, method, data, results):
     return subprocess.run(["bash", str(ROOT / "run" / script)], env=env, capture_output=True, text=True)
 
 
+@pytest.mark.slow  # each case runs a whole `prefopt train` process through bash
 @pytest.mark.parametrize("script, config, method, data, run_name", [
     ("hh_pref.sh", "table1/hh_pref/fpo.yaml", "fpo", "hh.jsonl", "table1/hh_pref_fpo"),
     ("llama3_base.sh", "table2/llama3_base/alphapo.yaml", "alphapo", "chat.jsonl", "table2/llama3_base_alphapo"),

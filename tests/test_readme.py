@@ -22,5 +22,5 @@ def test_readme_config_example_is_a_valid_config():
     blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "the README lost its config example"
     config = load_config(None, [], base=yaml.safe_load(blocks[0]))
-    assert config.loss.name == "gamma_simpo" and config.loss_hparams["margin_tau"] == 10.0
+    assert config.loss.name == "gamma_simpo" and config.margins.tau == 10.0 and config.gamma0 == 4.0
     assert config.data.train_split == "train_prefs" and config.train.bf16 is True

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from prefopt.data import DataError, PreferenceRecord, tokenize_records
+from prefopt.errors import ModelError
 from prefopt.sample import (
     generate,
     load_model,
@@ -101,6 +102,7 @@ def test_sampling_gives_k_distinct_completions_per_prompt_in_prompt_order(model,
     assert generate(model, tok, PROMPTS[:2], k=4, temperature=1.0, max_new_tokens=8, seed=0) == out[:2]
 
 
+@pytest.mark.slow  # five full sampling passes, one of them one row at a time
 def test_seed_reproduces_and_changes_samples_independently_of_batching(model, tok):
     settings = dict(k=3, temperature=0.8, max_new_tokens=8)
     first = generate(model, tok, PROMPTS, seed=7, batch_size=4, **settings)
@@ -280,7 +282,7 @@ def test_sample_to_jsonl_missing_or_unreadable_prompts_are_data_errors(model_dir
         with pytest.raises(DataError, match=message) as info:
             sample_to_jsonl(str(model_dir), path, out, **SETTINGS)
         assert "\n" not in str(info.value)
-    with pytest.raises(DataError, match="no such local model folder"):
+    with pytest.raises(ModelError, match="no such local model folder"):  # prefopt.models' one error type
         (tmp_path / "ok.jsonl").write_text(json.dumps({"prompt": TEXT}) + "\n")
         sample_to_jsonl(str(tmp_path / "no_model"), str(tmp_path / "ok.jsonl"), out, **SETTINGS)
     with pytest.raises(DataError, match="limit"):

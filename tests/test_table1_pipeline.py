@@ -11,6 +11,9 @@ from prefopt.cli import main as prefopt
 from prefopt.scoring import completion_logps
 from prefopt.tiny import save_tiny
 
+# The whole pipeline (SFT, RM, sampling, EXO, judging) runs in the module fixture: tens of seconds on 2 CPU cores.
+pytestmark = pytest.mark.slow
+
 GOOD = "sure here is a clear and kind answer".split()
 BAD = "no go away i will not".split()
 TOPICS = "apple river stone cat moon tree".split()
@@ -95,25 +98,20 @@ def test_reward_model_and_labels(pipeline):
         assert row["completions"] == sample["completions"] and len(row["rewards"]) == 4
 
 
-def test_policy_trained_on_rm_labels_and_judged_against_sft(pipeline, tmp_path, monkeypatch):
-    from fake_openai import FakeOpenAI, prefer_longer
-
+def test_policy_trained_on_rm_labels_and_judged_against_sft(pipeline, tmp_path, monkeypatch, fake_judge):
     root, steps = pipeline
     assert steps == ["sft", "rm", "sample", "label", "train", "sample", "sample"]
     assert json.loads((root / "exo_rw" / "metrics.json").read_text())["global_step"] == 6
 
-    server = FakeOpenAI()  # the paid judge's stand-in: it prefers the longer response
-    try:
-        monkeypatch.setenv("PREFOPT_JUDGE_BASE_URL", server.url)
-        monkeypatch.setenv("PREFOPT_JUDGE_MODEL", "judge-test")
-        monkeypatch.setenv("PREFOPT_JUDGE_API_KEY", "sk-test-not-a-key")
-        monkeypatch.setenv("PREFOPT_JUDGE_CACHE", str(tmp_path / "cache"))
-        argv = ["judge", root / "policy_test.jsonl", root / "sft_test.jsonl", tmp_path / "vs_sft", "--n-prompts", 10]
-        assert prefopt([str(a) for a in argv]) == 0
-        calls = server.count()
-        assert prefopt([str(a) for a in argv]) == 0 and server.count() == calls  # a rerun pays for nothing
-    finally:
-        server.close()
+    server = fake_judge  # the paid judge's stand-in (tests/conftest.py): it prefers the longer response
+    monkeypatch.setenv("PREFOPT_JUDGE_BASE_URL", server.url)
+    monkeypatch.setenv("PREFOPT_JUDGE_MODEL", "judge-test")
+    monkeypatch.setenv("PREFOPT_JUDGE_API_KEY", "sk-test-not-a-key")
+    monkeypatch.setenv("PREFOPT_JUDGE_CACHE", str(tmp_path / "cache"))
+    argv = ["judge", root / "policy_test.jsonl", root / "sft_test.jsonl", tmp_path / "vs_sft", "--n-prompts", 10]
+    assert prefopt([str(a) for a in argv]) == 0
+    calls = server.count()
+    assert prefopt([str(a) for a in argv]) == 0 and server.count() == calls  # a rerun pays for nothing
 
     summary = json.loads((tmp_path / "vs_sft" / "winrate.json").read_text())
     judgements = [json.loads(line) for line in (tmp_path / "vs_sft" / "judgements.jsonl").read_text().splitlines()]
@@ -137,3 +135,35 @@ def test_policy_trained_on_rm_labels_and_judged_against_sft(pipeline, tmp_path, 
     policy_rows = (root / "policy_test.jsonl").read_text().splitlines()
     assert result["n_completions"] == len(policy_rows) > 10  # one sample per unique test prompt
     assert result["ci"][0] <= result["mean_reward"] <= result["ci"][1]
+
+
+def test_every_stage_records_the_same_provenance_schema(pipeline, tmp_path, monkeypatch, fake_judge):
+    """SPEC §9: every stage's output carries one provenance schema (prefopt.runs): run_info.json in a folder
+    output, <file>.meta.json beside a file output."""
+    from prefopt.runs import RUN_INFO_KEYS, RUN_INFO_SCHEMA
+
+    root, _ = pipeline
+    monkeypatch.setenv("PREFOPT_JUDGE_BASE_URL", fake_judge.url)
+    monkeypatch.setenv("PREFOPT_JUDGE_MODEL", "judge-test")
+    monkeypatch.setenv("PREFOPT_JUDGE_CACHE", str(tmp_path / "cache"))
+    judged = tmp_path / "judged"
+    assert prefopt(["judge", str(root / "policy_test.jsonl"), str(root / "sft_test.jsonl"), str(judged),
+                    "--n-prompts", "4"]) == 0
+    pairs = _write(tmp_path / "pairs.jsonl", [{"prompt": "tell me", "chosen": "sure .", "rejected": "no ."}] * 3)
+    assert prefopt(["pref-to-rw", str(pairs), str(tmp_path / "pref_rw.jsonl")]) == 0
+    assert prefopt(["mean-reward", str(root / "rm" / "final"), str(root / "policy_test.jsonl"),
+                    "--out", str(tmp_path / "mean.json")]) == 0
+    records = {
+        "sft": root / "sft" / "run_info.json", "rm": root / "rm" / "run_info.json",
+        "train": root / "exo_rw" / "run_info.json", "sample": root / "samples_train.jsonl.meta.json",
+        "label": root / "rw_train.jsonl.meta.json", "judge": judged / "run_info.json",
+        "pref-to-rw": tmp_path / "pref_rw.jsonl.meta.json", "mean-reward": tmp_path / "mean.json.meta.json",
+    }
+    for stage, path in records.items():
+        info = json.loads(path.read_text())
+        assert set(RUN_INFO_KEYS) <= set(info), (stage, sorted(set(RUN_INFO_KEYS) - set(info)))
+        assert info["schema"] == RUN_INFO_SCHEMA and info["stage"] == stage, (stage, info["stage"])
+        assert info["git"].keys() == {"sha", "dirty"} and info["packages"]["torch"] and info["world_size"] == 1
+        assert info["started"].endswith("+00:00") and info["finished"].endswith("+00:00"), stage  # UTC
+        assert info["started"] <= info["finished"] and info["wall_seconds"] >= 0
+        assert info["command"][0] == "prefopt" and info["host"], stage

@@ -18,10 +18,10 @@ from safetensors.torch import load_file
 from prefopt.cli import main as cli_main
 from prefopt.config import load_config
 from prefopt.losses import LOSSES
-from prefopt.tiny import save_tiny
+from prefopt.tiny import EXAMPLE_WORDS
 from prefopt.train import run_training
 
-WORDS = "red blue green cat dog sun moon fast slow big small happy sad tree river stone".split()
+WORDS = EXAMPLE_WORDS  # in the shared tiny model's vocabulary
 
 LOSS_PARAMS = {
     "sft": {},
@@ -36,9 +36,11 @@ LOSS_PARAMS = {
     "dpo_k": {"beta_pi": 0.5, "beta_r": 0.5},
     "fpo": {"beta_pi": 0.5, "divergence": "alpha", "alpha": 0.1},
     "alphapo": {"alpha": 0.9, "beta": 2.0, "gamma_beta_ratio": 0.5},
-    "gamma_simpo": {"beta": 2.0, "gamma_beta_ratio": 0.5, "margin_tau": 1.0},
-    "gamma_dpo": {"beta": 0.1, "gamma_beta_ratio": 0.5, "margin_tau": 1.0},
+    "gamma_simpo": {"beta": 2.0, "gamma_beta_ratio": 0.5},
+    "gamma_dpo": {"beta": 0.1, "gamma_beta_ratio": 0.5},
 }
+#: γ-PO's τ (the margins section) of the dynamic-margin losses above.
+MARGIN_TAU = 1.0
 
 
 def _sentence(rng, low, high, end):
@@ -46,10 +48,12 @@ def _sentence(rng, low, high, end):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A tiny model folder and data files in our formats (chat-message pairs, text pairs, K = 4 rw groups)."""
+def world(tmp_path_factory, tiny_model, tiny_tokenizer):
+    """The session's tiny model (tests/conftest.py, linked as ``model``) and data files in our formats (chat-message
+    pairs, text pairs, K = 4 rw groups) written with words its tokenizer knows."""
+    assert set(WORDS) <= set(tiny_tokenizer.get_vocab())
     root = tmp_path_factory.mktemp("world")
-    save_tiny(root / "model", WORDS, hidden_size=32)
+    (root / "model").symlink_to(tiny_model, target_is_directory=True)
     rng = random.Random(0)
     with open(root / "pairs.jsonl", "w") as handle:
         for _ in range(32):
@@ -78,6 +82,8 @@ def _config(world, run_dir, loss="dpo", data="pairs.jsonl", **train):
         "loss": {"name": loss, **LOSS_PARAMS[loss]},
         "train": settings,
     }
+    if LOSSES[loss].dynamic_margins:
+        tree["margins"] = {"tau": MARGIN_TAU}
     return load_config(None, [], base=tree)
 
 
@@ -103,7 +109,7 @@ def test_every_registered_loss_trains(world, tmp_path, loss):
     logged = [row for row in _jsonl(tmp_path / loss / "metrics.jsonl") if "loss" in row]
     assert len(logged) == 3 and all(math.isfinite(row["loss"]) for row in logged)
     reward_keys = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
-    for key in ("logps/chosen",) if LOSSES[loss].single_response else (*reward_keys, "logps/chosen"):
+    for key in ("logps/chosen",) if LOSSES[loss].inputs == "single" else (*reward_keys, "logps/chosen"):
         assert key in logged[0], key
     assert (tmp_path / loss / "config.yaml").is_file()
     info = json.loads((tmp_path / loss / "run_info.json").read_text())
@@ -187,11 +193,14 @@ def _cli(world, run_dir, *overrides, loss="gamma_simpo"):
             "--data.max_length", "48", "--data.max_prompt_length", "24", "--loss.name", loss]
     for key, value in LOSS_PARAMS[loss].items():
         args += [f"--loss.{key}", str(value)]
+    if LOSSES[loss].dynamic_margins:
+        args += ["--margins.tau", str(MARGIN_TAU)]
     args += ["--output_dir", str(run_dir), "--learning_rate", "1e-3", "--warmup_ratio", "0", "--report_to", "none",
              "--per_device_train_batch_size", "2", "--logging_steps", "1", "--seed", "5", *overrides]
     return args
 
 
+@pytest.mark.slow  # three `prefopt train` processes of 20 steps
 def test_killed_run_resumes_to_the_same_weights_and_gamma_queue(world, tmp_path):
     config = tmp_path / "empty.yaml"
     config.write_text("{}\n")

@@ -106,15 +106,15 @@ for model, (init, data, beta, gbr, tau, lr, batch, simpo) in T3.items():
         common.update({"data.eval": data, "data.eval_split": "test"})
     simpo = simpo or (beta, gbr, lr)
     cells = {
-        "gamma_simpo": ({"name": "gamma_simpo", "beta": beta, "gamma_beta_ratio": gbr, "margin_tau": tau}, lr),
+        "gamma_simpo": ({"name": "gamma_simpo", "beta": beta, "gamma_beta_ratio": gbr}, lr),
         "simpo": ({"name": "simpo", "beta": simpo[0], "gamma_beta_ratio": simpo[1]}, simpo[2]),
         "dpo": ({"name": "dpo", "beta": 0.01}, 5e-7),
         # γ-DPO keeps γ-SimPO's γ0 = β·γ/β and τ at DPO's β = 0.01 (see the files' headers)
-        "gamma_dpo": ({"name": "gamma_dpo", "beta": 0.01, "gamma_beta_ratio": beta * gbr / 0.01, "margin_tau": tau},
-                      5e-7),
+        "gamma_dpo": ({"name": "gamma_dpo", "beta": 0.01, "gamma_beta_ratio": beta * gbr / 0.01}, 5e-7),
     }
     for method, (loss, method_lr) in cells.items():
-        EXPECTED[("table3", model, method)] = {**common, **{f"loss.{k}": v for k, v in loss.items()},
+        margins = {"margins.tau": tau} if method.startswith("gamma_") else {}  # γ-PO's τ lives in the margins section
+        EXPECTED[("table3", model, method)] = {**common, **{f"loss.{k}": v for k, v in loss.items()}, **margins,
                                                "train.learning_rate": method_lr, "train.run_name": f"{model}_{method}"}
 
 

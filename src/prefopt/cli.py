@@ -33,7 +33,7 @@ def _train(args: argparse.Namespace, base: Optional[dict] = None) -> int:
 
     config = load_config(args.config, args.overrides, base=base)
     _setup_logging()
-    metrics = run_training(config, argv=["prefopt", args.command, args.config, *args.overrides])
+    metrics = run_training(config, argv=args.argv)
     print(f"run folder: {config.run_dir}  (steps: {metrics['global_step']}, {metrics['wall_seconds']:.1f} s)")
     return 0
 
@@ -58,19 +58,24 @@ def _demo(args: argparse.Namespace) -> int:
         settings = replace(settings, methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()))
     unknown = [m for m in settings.methods if m not in METHODS]
     if unknown:
-        from prefopt.config import ConfigError
+        from prefopt.errors import ConfigError
 
         raise ConfigError(f"unknown demo methods {unknown}; choose from {', '.join(METHODS)}")
     if args.quick:  # the reduced demo of the test suite: fewer prompts and steps
         settings = replace(settings, n_test_prompts=64)
     _quiet_libraries()
-    metrics = run_demo(settings, figures=not args.no_figures)
+    metrics = run_demo(settings)
+    if not args.no_figures:
+        from prefopt.plots import draw_demo_figures
+
+        draw_demo_figures(settings.out, [Path(settings.out) / "runs" / name for name in metrics["results"]])
     print((Path(settings.out) / "table.md").read_text())
     print(f"results in {settings.out}/ (table.md, metrics.json, runs/, figures/) — {metrics['wall_seconds']:.0f} s")
     return 0
 
 
 def _noise_sweep(args: argparse.Namespace) -> int:
+    from prefopt.plots import draw_noise_sweep
     from prefopt.smallworld.demo import NOISE_METHODS, run_noise_sweep
 
     _quiet_libraries()
@@ -78,6 +83,7 @@ def _noise_sweep(args: argparse.Namespace) -> int:
     seeds = [int(v) for v in args.seeds.split(",")]
     methods = [m.strip() for m in (args.methods or ",".join(NOISE_METHODS)).split(",")]
     summary = run_noise_sweep(args.out, noise_levels=levels, seeds=seeds, methods=methods)
+    draw_noise_sweep(args.out, Path(args.out) / "noise.png")
     print((Path(args.out) / "table.md").read_text())
     print(f"results in {args.out}/ (table.md, metrics.json, noise.png) — {summary['wall_seconds']:.0f} s")
     return 0
@@ -109,7 +115,7 @@ def _rm(args: argparse.Namespace) -> int:
 
     config = load_rm_config(args.config, args.overrides)
     _setup_logging()
-    metrics = run_reward_model(config, argv=["prefopt", "rm", args.config, *args.overrides])
+    metrics = run_reward_model(config, argv=args.argv)
     accuracy = metrics.get("eval_accuracy")
     print(f"run folder: {config.run_dir}" + (f"  (held-out pair accuracy {accuracy:.3f})" if accuracy is not None else ""))
     return 0
@@ -120,7 +126,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     meta = sample_to_jsonl(args.model, args.prompts, args.out, k=args.k, temperature=args.temperature, top_k=args.top_k,
                            top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                           batch_size=args.batch_size, limit=args.limit, backend=args.backend)
+                           batch_size=args.batch_size, limit=args.limit, backend=args.backend, command=args.argv)
     print(f"wrote {args.out}: {meta['n_prompts']} unique prompts × {args.k} completions ({meta['wall_seconds']:.1f} s)")
     return 0
 
@@ -128,7 +134,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _label(args: argparse.Namespace) -> int:
     from prefopt.rm import label_completions
 
-    meta = label_completions(args.rm, args.samples, args.out, batch_size=args.batch_size)
+    meta = label_completions(args.rm, args.samples, args.out, batch_size=args.batch_size, command=args.argv)
     print(f"wrote {args.out}: {meta['n_completions']} completions scored by {args.rm} (mean {meta['reward_mean']:.3f})")
     return 0
 
@@ -136,7 +142,7 @@ def _label(args: argparse.Namespace) -> int:
 def _pref_to_rw(args: argparse.Namespace) -> int:
     from prefopt.rm import pref_to_rw
 
-    pref_to_rw(args.pairs, args.out)
+    pref_to_rw(args.pairs, args.out, command=args.argv)
     print(f"wrote {args.out}")
     return 0
 
@@ -146,10 +152,13 @@ def _mean_reward(args: argparse.Namespace) -> int:
 
     from prefopt.io import write_json
     from prefopt.rm import mean_reward
+    from prefopt.runs import StageRecord, meta_path
 
+    record = StageRecord(meta_path(args.out), "mean-reward", command=args.argv) if args.out else None
     result = mean_reward(args.rm, args.samples)
     if args.out:
         write_json(args.out, result)
+        record.finish(rm=args.rm, samples=args.samples, out=args.out)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -161,7 +170,8 @@ def _judge(args: argparse.Namespace) -> int:
     client = JudgeClient(model=args.model, base_url=args.base_url)  # key: PREFOPT_JUDGE_API_KEY / OPENAI_API_KEY
     judge = PairwiseLLMJudge(client, args.template)
     summary = judge_against_baseline(judge, args.policy, args.baseline, args.out, baseline_kind=args.baseline_kind,
-                                     n_prompts=args.n_prompts, seed=args.seed, workers=args.workers)
+                                     n_prompts=args.n_prompts, seed=args.seed, workers=args.workers,
+                                     command=args.argv)
     print(f"win rate {100 * summary['win_rate']:.1f}% (95% CI {100 * summary['ci'][0]:.1f}–{100 * summary['ci'][1]:.1f}; "
           f"official, ties and invalid as losses: {100 * summary['official_win_rate']:.1f}%) over "
           f"{summary['pairs']} prompts × 2 orders: {summary['wins']} wins, {summary['ties']} ties, "
@@ -170,8 +180,8 @@ def _judge(args: argparse.Namespace) -> int:
 
 
 def _bench_small(args: argparse.Namespace) -> int:
-    from prefopt.benchmarks.smallworld import demo_policies, run_small_world_benchmarks
     from prefopt.benchmarks.tables import build_table, load_results
+    from prefopt.smallworld.benchmarks import demo_policies, run_small_world_benchmarks
 
     _quiet_libraries()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] or None
@@ -225,15 +235,15 @@ def _preflight(args: argparse.Namespace) -> int:
 
 
 def _figures(args: argparse.Namespace) -> int:
-    from prefopt.smallworld.demo import draw_figures
+    from prefopt.plots import draw_demo_figures
 
     out = Path(args.results)
     runs = sorted(p for p in (out / "runs").glob("*") if (p / "metrics.jsonl").is_file())
     if not runs:
-        from prefopt.config import ConfigError
+        from prefopt.errors import ConfigError
 
         raise ConfigError(f"no run folders in {out}/runs: run `make demo` (or prefopt demo --out {out}) first")
-    for path in draw_figures(out, runs):
+    for path in draw_demo_figures(out, runs):
         print(f"wrote {path}")
     return 0
 
@@ -382,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     small_table.add_argument("--out", default="results/small")
     small_table.add_argument("--seed", type=int, default=0)
     small_table.set_defaults(func=_small_table)
-    figs = commands.add_parser("figures", help="redraw a demo's figures from its run folders (figures/*.py)")
+    figs = commands.add_parser("figures", help="redraw a demo's figures from its run folders (prefopt.plots)")
     figs.add_argument("results", nargs="?", default="results/demo")
     figs.set_defaults(func=_figures)
     pre = commands.add_parser("preflight", help="check that a paper-scale table can run here (GPU, Hub, judge)")
@@ -398,17 +408,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = ["prefopt", *map(str, argv)]  # the command line as typed, for the provenance record (prefopt.runs)
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    from prefopt.config import ConfigError
-    from prefopt.data import DataError
-    from prefopt.judges import JudgeError
+    from prefopt.errors import PrefoptError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, JudgeError) as error:  # the user's input or endpoint: one line, no traceback
+    except PrefoptError as error:  # the user's input, model, data or endpoint: one line, no traceback; else a bug
         print(f"prefopt {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from prefopt.data import DataError, load_records
 from prefopt.io import read_jsonl, write_json, write_jsonl
-from prefopt.winrate import win_rate
+from prefopt.runs import StageRecord
+from prefopt.winrate import WinRate, win_rate
 
 
 def _prompt_key(prompt: Any) -> str:
@@ -33,6 +34,24 @@ def load_baseline(path: str | Path, kind: str) -> dict[str, str]:
     raise DataError(f"baseline kind must be 'samples' or 'chosen', got {kind!r}")
 
 
+def judge_win_rate(
+    judge,
+    triples: Sequence[tuple[Any, str, str]],
+    *,
+    seed: int = 0,
+    workers: int = 8,
+    progress: bool = True,
+) -> tuple[list[list[str]], WinRate]:
+    """Judge (prompt, policy response, baseline response) triples in both orders, concurrently
+    (:func:`prefopt.judges.judge_both_orders_many`), and aggregate them (:func:`prefopt.winrate.win_rate`, bootstrap
+    seeded by ``seed``): (the outcomes of each pair, the win rate). The one path from judged pairs to a win rate, for
+    an LLM judge at paper scale and the small world's hidden-reward judge alike."""
+    from prefopt.judges import judge_both_orders_many
+
+    outcomes = judge_both_orders_many(judge, triples, workers=workers, progress=progress)
+    return outcomes, win_rate(outcomes, seed=seed)
+
+
 def judge_against_baseline(
     judge,
     policy_samples: str | Path,
@@ -43,11 +62,12 @@ def judge_against_baseline(
     n_prompts: Optional[int] = 100,
     seed: int = 0,
     workers: int = 8,
+    command: Optional[Sequence[str]] = None,
 ) -> dict:
     """Judge ``n_prompts`` prompts (a seeded sample of those both sides answered) in both orders; write
-    ``judgements.jsonl`` (every verdict) and ``winrate.json`` (summary) to ``out_dir``; return the summary."""
-    from prefopt.judges import judge_both_orders_many
-
+    ``judgements.jsonl`` (every verdict), ``winrate.json`` (summary) and ``run_info.json`` (the provenance record of
+    :mod:`prefopt.runs`) to ``out_dir``; return the summary."""
+    record = StageRecord(Path(out_dir) / "run_info.json", "judge", command=command)
     policy = {_prompt_key(r["prompt"]): (r["prompt"], r["completions"][0]) for r in read_jsonl(policy_samples)
               if r.get("completions")}
     reference = load_baseline(baseline, baseline_kind)
@@ -57,14 +77,14 @@ def judge_against_baseline(
     if n_prompts is not None and n_prompts < len(shared):
         shared = sorted(random.Random(seed).sample(shared, n_prompts))
     triples = [(policy[key][0], policy[key][1], reference[key]) for key in shared]
-    outcomes = judge_both_orders_many(judge, triples, workers=workers)
+    outcomes, rate = judge_win_rate(judge, triples, seed=seed, workers=workers)
     out_dir = Path(out_dir)
     write_jsonl(out_dir / "judgements.jsonl", [
         {"prompt": prompt, "policy": mine, "baseline": theirs, "policy_first": first, "policy_second": second}
         for (prompt, mine, theirs), (first, second) in zip(triples, outcomes)
     ])
     summary = {
-        **win_rate(outcomes, seed=seed).to_dict(),
+        **rate.to_dict(),
         "judge": getattr(judge, "name", type(judge).__name__),
         "baseline": str(baseline), "baseline_kind": baseline_kind, "policy_samples": str(policy_samples),
         "n_prompts": len(shared), "seed": seed,
@@ -73,4 +93,6 @@ def judge_against_baseline(
     if template is not None:
         summary["template"] = {"name": getattr(template, "name", None), "sha256": getattr(template, "sha256", None)}
     write_json(out_dir / "winrate.json", summary)
+    record.finish(judge=summary["judge"], template=summary.get("template"), policy_samples=str(policy_samples),
+                  baseline=str(baseline), baseline_kind=baseline_kind, n_prompts=len(shared), seed=seed)
     return summary

@@ -19,7 +19,6 @@ and non-finite or mis-shaped inputs raise :class:`ValueError` instead of returni
 from __future__ import annotations
 
 import difflib
-import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -517,12 +516,58 @@ def _hp(default: Any, rule: tuple, help: str = "") -> HParam:
 _BETA = _hp(REQUIRED, _positive, "inverse temperature β of the implicit reward")
 _LABEL_SMOOTHING = _hp(0.0, _smoothing, "ε of cDPO: probability that a label is flipped")
 _GAMMA_BETA_RATIO = _hp(REQUIRED, _finite, "target margin γ divided by β (SimPO)")
-_MARGIN_TAU = _hp(REQUIRED, _positive, "τ of γ-PO: strength of the KL pull of the margins towards uniform")
 _K_CANDIDATE = {
     "beta_pi": _hp(REQUIRED, _positive, "β_π: inverse temperature of the policy distribution over candidates"),
     "beta_r": _hp(1.0, _positive, "β_r: temperature of the reward target softmax (rw setting)"),
     "setting": _hp("rw", _setting, "rw: reward-model scores over K candidates; pref: one (chosen, rejected) pair"),
 }
+
+
+@dataclass(frozen=True)
+class PreferenceBatch:
+    """The per-sequence quantities of one micro-batch that every loss reads (SPEC §1): B prompts, K responses each.
+
+    Pairs have K = 2 with the chosen response first; K-candidate groups carry their scores in ``targets``; SFT reads
+    the first response only. Every tensor is ``[B, K]`` unless said otherwise.
+
+    policy_logps: summed log-probs S_θ(y) of the policy.
+    lengths: response token counts n (the divisor of the averaged log-prob A = S/n).
+    targets: the rewards or labels of the responses (pairs: ``[1, 0]``; rw: reward-model scores).
+    ref_logps: summed log-probs S_ref(y) of the reference; None for reference-free losses.
+    margin_offsets: ``[B]``, γ-PO's per-pair offsets γ_i − γ0 (SPEC §5); None otherwise.
+    """
+
+    policy_logps: Tensor
+    lengths: Tensor
+    targets: Tensor
+    ref_logps: Optional[Tensor] = None
+    margin_offsets: Optional[Tensor] = None
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """What :meth:`LossSpec.__call__` returns, in the way torchtune's ``DPOLoss.forward`` returns
+    ``(losses, chosen_rewards, rejected_rewards)``.
+
+    losses: ``[B]``, one loss per prompt (the caller reduces).
+    chosen_rewards, rejected_rewards: ``[B]``, detached, in the method's own implicit-reward definition (SPEC §1),
+        of the preferred and dispreferred response (K-candidate groups: the best and worst by ``targets``); None
+        for SFT, which has no preference.
+    chosen_index, rejected_index: ``[B]`` long, which of the K responses those are (pairs: 0 and 1).
+    """
+
+    losses: Tensor
+    chosen_rewards: Optional[Tensor] = None
+    rejected_rewards: Optional[Tensor] = None
+    chosen_index: Optional[Tensor] = None
+    rejected_index: Optional[Tensor] = None
+
+
+#: The three shapes of data a loss reads, and how its pure function is called on a (prepared) batch:
+#: ``pair``: fn(policy_chosen, policy_rejected[, ref_chosen, ref_rejected], **hp, margin_offset=...), K = 2;
+#: ``pair_lengths``: the same plus (chosen_lengths, rejected_lengths) after the reference (R-DPO);
+#: ``group``: fn(policy_logps, ref_logps, targets, **hp) on [B, K];  ``single``: fn(policy_chosen) on the first response.
+INPUT_KINDS = ("pair", "pair_lengths", "group", "single")
 
 
 @dataclass(frozen=True)
@@ -532,14 +577,19 @@ class LossSpec:
     name: str
     fn: Callable[..., Tensor]
     needs_reference: bool
-    averaged_inputs: bool  # True: pass A(y) = S(y)/n; False: pass S(y)
-    group: bool  # True: takes [B, K] candidate groups and a targets tensor; False: chosen/rejected pairs [B]
+    averaged_inputs: bool  # True: the function takes A(y) = S(y)/n; False: S(y)
+    inputs: str  # one of INPUT_KINDS
     hparams: dict[str, HParam] = field(default_factory=dict)
-    dynamic_margins: bool = False  # γ-PO: the trainer asks DynamicMargins for margin_offset (SPEC §5)
-    needs_lengths: bool = False  # R-DPO: response token counts are passed positionally
-    single_response: bool = False  # SFT: one response per prompt, fn(policy [B])
+    dynamic_margins: bool = False  # γ-PO: the caller passes margin_offsets from DynamicMargins (SPEC §5)
+    #: hyper-parameters that configure the margins, not the function (γ-DPO's gamma_beta_ratio sets γ0 only)
+    margin_hparams: tuple[str, ...] = ()
     reward_scale: Optional[str] = "beta"  # hyper-parameter that scales the implicit reward (None: scale 1)
     description: str = ""
+
+    @property
+    def group(self) -> bool:
+        """True when the loss takes [B, K] candidate groups (EXO, DPO-K, f-PO)."""
+        return self.inputs == "group"
 
     def resolve_hparams(self, values: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         """Defaults filled in; unknown, missing or out-of-range values raise a ValueError that says what to write."""
@@ -570,14 +620,13 @@ class LossSpec:
         return resolved
 
     def loss_kwargs(self, resolved: dict[str, Any]) -> dict[str, Any]:
-        """The resolved hyper-parameters that :attr:`fn` takes as keywords (γ-PO's ``margin_tau`` and, for γ-DPO,
-        ``gamma_beta_ratio`` feed the margin solver instead)."""
-        accepted = inspect.signature(self.fn).parameters
-        return {k: v for k, v in resolved.items() if k in accepted}
+        """The resolved hyper-parameters that :attr:`fn` takes as keywords (all but :attr:`margin_hparams`)."""
+        return {k: v for k, v in resolved.items() if k not in self.margin_hparams}
 
     def implicit_rewards(self, resolved: dict[str, Any], policy_logps: Tensor, ref_logps: Optional[Tensor]) -> Tensor:
         """Each method's own implicit reward (SPEC §1): scale·(policy − reference), or scale·policy when
-        reference-free, where scale is β (β_π for the K-candidate losses). Detached: for logging and γ-PO gaps."""
+        reference-free, where scale is β (β_π for the K-candidate losses). Detached: for logging and γ-PO gaps.
+        Takes the log-probs the function takes (averaged when :attr:`averaged_inputs`)."""
         scale = float(resolved[self.reward_scale]) if self.reward_scale else 1.0
         score = policy_logps if ref_logps is None else policy_logps - ref_logps
         return scale * score.detach()
@@ -594,19 +643,70 @@ class LossSpec:
             raise ValueError(f"loss {self.name!r} has no dynamic margins")
         return self.static_margin(resolved)
 
+    # -- the one loss interface: a PreferenceBatch in, a LossOutput out ------------------------------------------
 
-def _spec(name, fn, *, reference, averaged, group=False, dynamic=False, lengths=False, single=False, scale="beta",
+    def _inputs(self, batch: PreferenceBatch) -> tuple[Tensor, Optional[Tensor]]:
+        """Policy and reference log-probs ``[B, K]`` as the function takes them (SPEC §1: A = S/n when averaged)."""
+        policy, ref = batch.policy_logps, batch.ref_logps
+        if self.needs_reference and ref is None:
+            raise ValueError(f"loss {self.name!r} needs reference log-probs (batch.ref_logps)")
+        ref = ref.to(policy.dtype) if self.needs_reference else None
+        if self.averaged_inputs:
+            lengths = batch.lengths.to(policy.dtype)
+            policy, ref = policy / lengths, (ref / lengths if ref is not None else None)
+        return policy, ref
+
+    def reward_gaps(self, batch: PreferenceBatch, resolved: dict[str, Any]) -> Tensor:
+        """``[B]`` detached r_w − r_l of each pair in the method's own reward (γ-PO's gaps r_i, SPEC §5)."""
+        policy, ref = self._inputs(batch)
+        self._check_pairs(policy)
+        rewards = self.implicit_rewards(resolved, policy, ref)  # [B, 2]
+        return rewards[:, 0] - rewards[:, 1]
+
+    def _check_pairs(self, policy: Tensor) -> None:
+        if policy.shape[1] != 2:
+            raise ValueError(f"loss {self.name!r} takes (chosen, rejected) pairs, but the data has K = {policy.shape[1]}")
+
+    def __call__(self, batch: PreferenceBatch, resolved: dict[str, Any]) -> LossOutput:
+        """Per-prompt losses and the method's own rewards for one batch; ``resolved`` from :meth:`resolve_hparams`."""
+        policy, ref = self._inputs(batch)  # (B, K)
+        kwargs = self.loss_kwargs(resolved)
+        if self.inputs == "single":  # SFT: only the first response of each prompt is a target
+            return LossOutput(self.fn(policy[:, 0], **kwargs))
+        if self.dynamic_margins and batch.margin_offsets is None:
+            raise ValueError(f"loss {self.name!r} uses γ-PO dynamic margins: pass batch.margin_offsets")
+        rows = torch.arange(policy.shape[0], device=policy.device)
+        if self.inputs == "group":
+            losses = self.fn(policy, ref, batch.targets, **kwargs)
+            chosen = batch.targets.argmax(dim=-1)  # best and worst candidate by the target, for the rewards
+            rejected = batch.targets.argmin(dim=-1)
+        else:
+            self._check_pairs(policy)
+            args = [policy[:, 0], policy[:, 1]]
+            if ref is not None:
+                args += [ref[:, 0], ref[:, 1]]
+            if self.inputs == "pair_lengths":
+                args += [batch.lengths[:, 0], batch.lengths[:, 1]]
+            losses = self.fn(*args, margin_offset=batch.margin_offsets, **kwargs)
+            chosen = torch.zeros_like(rows)
+            rejected = torch.ones_like(rows)
+        rewards = self.implicit_rewards(resolved, policy, ref)  # (B, K)
+        return LossOutput(losses, rewards[rows, chosen], rewards[rows, rejected], chosen, rejected)
+
+
+def _spec(name, fn, *, reference, averaged, inputs="pair", dynamic=False, margin_hparams=(), scale="beta",
           description="", **hparams):
+    if inputs not in INPUT_KINDS:
+        raise ValueError(f"inputs must be one of {INPUT_KINDS}, got {inputs!r}")
     return LossSpec(
         name=name,
         fn=fn,
         needs_reference=reference,
         averaged_inputs=averaged,
-        group=group,
+        inputs=inputs,
         hparams=hparams,
         dynamic_margins=dynamic,
-        needs_lengths=lengths,
-        single_response=single,
+        margin_hparams=tuple(margin_hparams),
         reward_scale=scale,
         description=description,
     )
@@ -615,14 +715,14 @@ def _spec(name, fn, *, reference, averaged, group=False, dynamic=False, lengths=
 LOSSES: dict[str, LossSpec] = {
     s.name: s
     for s in [
-        _spec("sft", sft_loss, reference=False, averaged=True, single=True, scale=None,
+        _spec("sft", sft_loss, reference=False, averaged=True, inputs="single", scale=None,
               description="supervised fine-tuning: NLL of the chosen response"),
         _spec("dpo", dpo_loss, reference=True, averaged=False, beta=_BETA, label_smoothing=_LABEL_SMOOTHING,
               description="DPO / cDPO, sigmoid of β·h"),
         _spec("ipo", ipo_loss, reference=True, averaged=True, scale=None, tau=_hp(REQUIRED, _positive, "IPO regulariser τ"),
               description="IPO, squared loss on averaged log-ratios"),
         _spec("hinge", hinge_loss, reference=True, averaged=False, beta=_BETA, description="SLiC hinge on β·h"),
-        _spec("rdpo", rdpo_loss, reference=True, averaged=False, lengths=True, beta=_BETA,
+        _spec("rdpo", rdpo_loss, reference=True, averaged=False, inputs="pair_lengths", beta=_BETA,
               alpha=_hp(REQUIRED, _nonneg, "R-DPO length penalty α per token of length difference"),
               description="length-regularised DPO"),
         _spec("simpo", simpo_loss, reference=False, averaged=True, beta=_BETA, gamma_beta_ratio=_GAMMA_BETA_RATIO,
@@ -633,13 +733,13 @@ LOSSES: dict[str, LossSpec] = {
         _spec("orpo", orpo_loss, reference=False, averaged=True, scale=None,
               odds_ratio_weight=_hp(0.1, _nonneg, "λ: weight of the odds-ratio term"),
               description="ORPO, NLL + odds-ratio term"),
-        _spec("exo", exo_loss, reference=True, averaged=False, group=True, scale="beta_pi", **_K_CANDIDATE,
+        _spec("exo", exo_loss, reference=True, averaged=False, inputs="group", scale="beta_pi", **_K_CANDIDATE,
               target_floor=_hp(None, _floor, "floor of log p in the rw setting (null: EXO's unfloored target)"),
               description="EXO, KL(q‖p) over K candidates"),
-        _spec("dpo_k", dpo_k_loss, reference=True, averaged=False, group=True, scale="beta_pi", **_K_CANDIDATE,
+        _spec("dpo_k", dpo_k_loss, reference=True, averaged=False, inputs="group", scale="beta_pi", **_K_CANDIDATE,
               target_floor=_hp(None, _floor, "floor of log p in the rw setting"),
               description="DPO over K candidates, cross-entropy −Σ p log q"),
-        _spec("fpo", fdivergence_loss, reference=True, averaged=False, group=True, scale="beta_pi", **_K_CANDIDATE,
+        _spec("fpo", fdivergence_loss, reference=True, averaged=False, inputs="group", scale="beta_pi", **_K_CANDIDATE,
               divergence=_hp(REQUIRED, _divergence, "which f-divergence"),
               alpha=_hp(None, (lambda v: v is None or _open_unit[0](v), "null or in the open interval (0, 1)"),
                         "α of the α-divergence (divergence: alpha only)"),
@@ -649,11 +749,11 @@ LOSSES: dict[str, LossSpec] = {
               alpha=_hp(REQUIRED, _open_unit, "α of the α-divergence"), beta=_BETA,
               gamma_beta_ratio=_GAMMA_BETA_RATIO, description="reference-free α-PO (f-PO LLM configs)"),
         _spec("gamma_simpo", simpo_loss, reference=False, averaged=True, dynamic=True, beta=_BETA,
-              gamma_beta_ratio=_GAMMA_BETA_RATIO, label_smoothing=_LABEL_SMOOTHING, margin_tau=_MARGIN_TAU,
-              description="γ-SimPO: SimPO with dynamic per-pair margins"),
-        _spec("gamma_dpo", dpo_loss, reference=True, averaged=False, dynamic=True, beta=_BETA,
-              gamma_beta_ratio=_GAMMA_BETA_RATIO, label_smoothing=_LABEL_SMOOTHING, margin_tau=_MARGIN_TAU,
-              description="γ-DPO: DPO with zero-mean dynamic margin offsets γ_i − γ0"),
+              gamma_beta_ratio=_GAMMA_BETA_RATIO, label_smoothing=_LABEL_SMOOTHING,
+              description="γ-SimPO: SimPO with dynamic per-pair margins (τ: margins.tau)"),
+        _spec("gamma_dpo", dpo_loss, reference=True, averaged=False, dynamic=True, margin_hparams=("gamma_beta_ratio",),
+              beta=_BETA, gamma_beta_ratio=_GAMMA_BETA_RATIO, label_smoothing=_LABEL_SMOOTHING,
+              description="γ-DPO: DPO with zero-mean dynamic margin offsets γ_i − γ0 (τ: margins.tau)"),
     ]
 }
 

@@ -13,14 +13,13 @@ sequence — the last position where ``completion_mask`` is 1, i.e. the EOS that
 ``pad_token_id``: with pad = EOS (Pythia, Llama-3) that skips the response's own EOS, and with left padding or a
 pad token inside a response it reads elsewhere still.
 
-**Training** (:func:`run_reward_model`, ``prefopt rm``): the same config layout and run folder as ``prefopt train``
-(``config.yaml``, ``run_info.json``, ``metrics.jsonl``, ``final/``, ``metrics.json``), on preference pairs (K = 2) of
-any of our pairs formats, with the Bradley–Terry loss −log σ(r_w − r_l). The ``loss`` section of the config is not
-used (:func:`load_rm_config` makes it optional; a loss section that is there is still validated as for
-``prefopt train``); the run name defaults to ``rm``. In each pair the preferred response is the one with the higher
-reward, the first one on a tie, so pairs rows (``[1, 0]`` or their ``score_chosen``/``score_rejected``) prefer the
-chosen response and K = 2 rw rows their higher-scored one. The loss section's hyper-parameters,
-``model.ref_name_or_path``, ``margins`` and the log-prob settings of ``train`` play no part.
+**Training** (:func:`run_reward_model`, ``prefopt rm``): its own config, :class:`prefopt.config.RewardModelConfig`
+(``model``, ``data`` and ``train`` sections; no loss section: the loss is Bradley–Terry, −log σ(r_w − r_l)), and the
+run folder of :mod:`prefopt.runs` like ``prefopt train`` (``config.yaml``, ``run_info.json``, ``metrics.jsonl``,
+``final/``, ``metrics.json``), on preference pairs (K = 2) of any of our pairs formats; the run name defaults to
+``rm``. In each pair the preferred response is the one with the higher reward, the first one on a tie, so pairs rows
+(``[1, 0]`` or their ``score_chosen``/``score_rejected``) prefer the chosen response and K = 2 rw rows their
+higher-scored one. ``model.ref_name_or_path`` and the log-prob settings of ``train`` play no part.
 
 **Labelling** (:func:`label_completions`, ``prefopt label``) scores the ``{prompt, completions}`` rows of the sample
 stage into ``{prompt, completions, rewards}`` rw rows (SPEC §6.1 step 4); :func:`pref_to_rw` turns pairs into the
@@ -30,13 +29,9 @@ stage into ``{prompt, completions, rewards}`` rw rows (SPEC §6.1 step 4); :func
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
-import platform
-import sys
-import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -44,37 +39,21 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from prefopt.config import ConfigError, LossConfig, RunConfig, load_config
+from prefopt.config import ConfigError, RewardModelConfig, load_rm_config  # noqa: F401  (load_rm_config: public here)
 from prefopt.data import DataError, PreferenceCollator, Prompt, load_records, tokenize_completions
-from prefopt.hub import offline_from_env
-from prefopt.train import (
-    DTYPES,
-    JsonlMetricsCallback,
-    finish_run,
-    git_revision,
-    load_pretrained,
-    load_tokenizer,
-    package_versions,
-    prepare_examples,
-    silence_console,
-    start_run,
-)
 from prefopt.io import write_atomic, write_json
+from prefopt.models import load_from_config, load_model, load_tokenizer, tokenizer_from_config
+from prefopt.runs import StageRecord, finish_run, meta_path, start_run
 
 logger = logging.getLogger(__name__)
 
 #: Run name of a reward-model run when ``train.run_name`` is not set (results/<experiment>/rm).
-RM_RUN_NAME = "rm"
-#: Placeholder loss of a reward-model config: ``RunConfig`` needs a valid loss section, the RM uses none of it.
-PLACEHOLDER_LOSS = "sft"
+RM_RUN_NAME = RewardModelConfig.DEFAULT_RUN_NAME
 #: Written next to the saved RM: how it reads its score and the lengths it was trained with.
 RM_INFO_FILE = "prefopt_rm.json"
 #: Lengths used when an RM folder has no :data:`RM_INFO_FILE` (the ``data`` section's defaults).
 DEFAULT_MAX_LENGTH, DEFAULT_MAX_PROMPT_LENGTH = 1024, 512
-_CONFIG_HEADER = (
-    "# prefopt reward-model run (prefopt.rm.run_reward_model): Bradley-Terry loss on pairs; the loss section below\n"
-    "# is a placeholder that the reward model does not use.\n"
-)
+_CONFIG_HEADER = "# prefopt reward-model run (prefopt.rm.run_reward_model): Bradley-Terry loss on pairs.\n"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -176,35 +155,19 @@ def pair_accuracy(model: torch.nn.Module, examples: Sequence[dict], pad_token_id
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def load_reward_model(name_or_path: str, config: RunConfig, tokenizer):
+def load_reward_model(name_or_path: str, config: RewardModelConfig, tokenizer):
     """``AutoModelForSequenceClassification`` with one label from a causal-LM folder (new ``score`` head) or an RM
     folder, with ``pad_token_id`` set so that the library's forward accepts batches (its pooled logit is unused)."""
-    from transformers import AutoModelForSequenceClassification
-
-    model = load_pretrained(name_or_path, config, AutoModelForSequenceClassification, num_labels=1,
-                            pad_token_id=tokenizer.pad_token_id)
-    score_head(model)
-    return model
+    return load_from_config(name_or_path, config.model, kind="reward_model", pad_token_id=tokenizer.pad_token_id)
 
 
 def _load_rm_for_scoring(rm_path: str | Path, dtype: str, device: Optional[str]):
-    from transformers import AutoModelForSequenceClassification
-
-    from prefopt.sample import load_tokenizer as load_saved_tokenizer
-
-    if dtype not in DTYPES:
-        raise DataError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
-    tokenizer = load_saved_tokenizer(str(rm_path))
-    try:
-        with offline_from_env():
-            model = AutoModelForSequenceClassification.from_pretrained(str(rm_path), dtype=DTYPES[dtype])
-    except (OSError, ValueError) as error:
-        raise DataError(f"reward model {str(rm_path)!r} could not be loaded: {str(error).strip().splitlines()[0]}") from None
-    score_head(model)
+    tokenizer = load_tokenizer(str(rm_path), what="reward model")
+    model = load_model(str(rm_path), kind="reward_model", dtype=dtype, device=device or "auto", eval_mode=True,
+                       what="reward model")
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return tokenizer, model.to(device).eval()
+    return tokenizer, model
 
 
 def _lengths(rm_path: str | Path, max_length: Optional[int], max_prompt_length: Optional[int]) -> tuple[int, int]:
@@ -268,27 +231,13 @@ class RewardTrainer(Trainer):
         super().log(logs, start_time)
 
 
-def load_rm_config(path: Optional[str | Path] = None, overrides: Sequence[str] = (), base: Optional[dict] = None) -> RunConfig:
-    """:func:`prefopt.config.load_config` for a reward-model run: the ``loss`` section may be left out."""
-    tree = dict(base or {})
-    tree.setdefault("loss", {"name": PLACEHOLDER_LOSS})
-    return load_config(path, overrides, base=tree)
-
-
-def as_rm_config(config: RunConfig) -> RunConfig:
-    """The config a reward-model run uses: the placeholder loss (whatever the loss section held) and run name ``rm``
-    unless one is given."""
-    train = dataclasses.replace(config.train, run_name=config.train.run_name or RM_RUN_NAME)
-    return dataclasses.replace(config, loss=LossConfig(name=PLACEHOLDER_LOSS), train=train)
-
-
 def _pair_counts(examples: Sequence[dict]) -> dict[str, int]:
     second = sum(e["rewards"][1] > e["rewards"][0] for e in examples)
     tied = sum(e["rewards"][1] == e["rewards"][0] for e in examples)
     return {"n": len(examples), "second_preferred": int(second), "tied_first_preferred": int(tied)}
 
 
-def run_reward_model(config: RunConfig, argv: Optional[list[str]] = None) -> dict[str, Any]:
+def run_reward_model(config: RewardModelConfig, argv: Optional[list[str]] = None) -> dict[str, Any]:
     """Train a reward model end to end (SPEC §6.1 step 3) and return its final metrics (also in <run>/metrics.json).
 
     ``metrics["eval_accuracy"]`` is the fraction of ``data.eval`` pairs ranked right by the final model (r_w > r_l).
@@ -297,16 +246,14 @@ def run_reward_model(config: RunConfig, argv: Optional[list[str]] = None) -> dic
     """
     from transformers import set_seed
 
-    started = time.time()
-    config = as_rm_config(config)
-    run_dir, d, t = config.run_dir, config.data, config.train
-    args, state, checkpoint = start_run(config, config_header=_CONFIG_HEADER)
+    from prefopt.train import prepare_datasets
+    from prefopt.trainer import JsonlMetricsCallback, silence_console
 
-    tokenizer = load_tokenizer(config)
-    datasets, data_reports = {}, {}
-    datasets["train"], data_reports["train"] = prepare_examples(config, tokenizer, d.train, d.train_split, d.limit)
-    if d.eval:
-        datasets["eval"], data_reports["eval"] = prepare_examples(config, tokenizer, d.eval, d.eval_split, d.eval_limit)
+    run_dir, d, t = config.run_dir, config.data, config.train
+    state, checkpoint, record = start_run(config, command=argv, config_header=_CONFIG_HEADER)
+
+    tokenizer = tokenizer_from_config(config.model)
+    datasets, data_reports = prepare_datasets(config, tokenizer)
     for name, examples in datasets.items():
         ks = sorted({len(e["completion_ids"]) for e in examples})
         if ks != [2]:
@@ -316,18 +263,11 @@ def run_reward_model(config: RunConfig, argv: Optional[list[str]] = None) -> dic
                 "({prompt, chosen, rejected}) or rw rows with two completions"
             )
 
-    info = {
-        "git": git_revision(), "packages": package_versions(), "python": sys.version.split()[0],
-        "platform": platform.platform(), "command": argv if argv is not None else sys.argv,
-        "world_size": state.num_processes, "loss": "bradley_terry", "stage": "reward_model", "data": data_reports,
-        "pairs": {name: _pair_counts(examples) for name, examples in datasets.items()},
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
     set_seed(t.seed)  # the new score head's initialisation
     model = load_reward_model(checkpoint or config.model.name_or_path, config, tokenizer)
     trainer = RewardTrainer(
         model=model,
-        args=args,
+        args=t,
         train_dataset=datasets["train"],
         eval_dataset=datasets.get("eval"),
         data_collator=PreferenceCollator(pad_token_id=tokenizer.pad_token_id),
@@ -336,8 +276,8 @@ def run_reward_model(config: RunConfig, argv: Optional[list[str]] = None) -> dic
     )
     if t.quiet:
         silence_console(trainer)
-    if state.is_main_process:
-        write_json(run_dir / "run_info.json", info)
+    record.update(loss="bradley_terry", data=data_reports,
+                  pairs={name: _pair_counts(examples) for name, examples in datasets.items()})
     result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics: dict[str, Any] = {"train": dict(result.metrics), "global_step": trainer.state.global_step}
     if "eval" in datasets:
@@ -352,7 +292,7 @@ def run_reward_model(config: RunConfig, argv: Optional[list[str]] = None) -> dic
                 "loss": "bradley_terry", "max_length": d.max_length, "max_prompt_length": d.max_prompt_length,
                 "base_model": config.model.name_or_path,
             })
-    return finish_run(trainer, run_dir, metrics, info, started)
+    return finish_run(trainer, record, metrics)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -447,17 +387,16 @@ def label_completions(
     max_prompt_length: Optional[int] = None,
     dtype: str = "float32",
     device: Optional[str] = None,
+    command: Optional[Sequence[str]] = None,
 ) -> dict[str, Any]:
     """The ``prefopt label`` stage (SPEC §6.1 step 4): score every completion of a samples file with the RM.
 
     ``samples_path`` holds ``{prompt, completions}`` JSONL rows (the sample stage's output; completions may repeat).
     ``out_path`` receives the same rows, in order, with ``rewards`` aligned to ``completions`` (other keys kept, an
-    existing ``rewards`` replaced), and ``<out_path>.meta.json`` the RM, counts and reward statistics; both written
-    atomically. ``max_length`` / ``max_prompt_length`` default to the RM's training lengths. Returns the meta dict.
+    existing ``rewards`` replaced), and ``<out_path>.meta.json`` the provenance record (:mod:`prefopt.runs`) with
+    the RM, counts and reward statistics; both written atomically. ``max_length`` / ``max_prompt_length`` default to the RM's training lengths. Returns the meta dict.
     """
-    from prefopt.sample import meta_path
-
-    started = time.time()
+    record = StageRecord(meta_path(Path(out_path).expanduser()), "label", command=command)
     rows = _read_samples(samples_path)
     max_length, max_prompt_length = _lengths(rm_path, max_length, max_prompt_length)
     rewards = score_completions(rm_path, [r["prompt"] for r in rows], [r["completions"] for r in rows],
@@ -468,13 +407,11 @@ def label_completions(
     write_atomic(out, text)
     flat = [value for scores in rewards for value in scores]
     ks = sorted({len(r["completions"]) for r in rows})
-    meta = {
-        "rm": str(rm_path), "samples": str(samples_path), "out": str(out_path), "n_prompts": len(rows),
-        "n_completions": len(flat), "k": ks[0] if len(ks) == 1 else ks, **_summary(flat),
-        "max_length": max_length, "max_prompt_length": max_prompt_length, "batch_size": batch_size, "dtype": dtype,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 3),
-    }
-    write_json(meta_path(out), meta)
+    meta = record.finish(
+        rm=str(rm_path), samples=str(samples_path), out=str(out_path), n_prompts=len(rows), n_completions=len(flat),
+        k=ks[0] if len(ks) == 1 else ks, **_summary(flat), max_length=max_length, max_prompt_length=max_prompt_length,
+        batch_size=batch_size, dtype=dtype,
+    )
     logger.info("labelled %d completions of %d prompts into %s (mean reward %.4f)", len(flat), len(rows), out,
                 meta["reward_mean"])
     return meta
@@ -488,23 +425,21 @@ def pref_to_rw(
     name: Optional[str] = None,
     limit: Optional[int] = None,
     max_bad_fraction: float = 0.01,
+    command: Optional[Sequence[str]] = None,
 ) -> dict[str, Any]:
     """The "pref" setting's rw data (SPEC §6.1 step 4): ``{prompt, chosen, rejected}`` pairs (any of our pairs
     formats, validated by :func:`prefopt.data.load_records`) → ``{prompt_id, prompt, completions: [chosen,
     rejected], rewards: [1.0, 0.0]}`` JSONL (dataset scores, if any, are not carried over), plus
-    ``<out_path>.meta.json``; both atomic. Returns the meta dict."""
-    from prefopt.sample import meta_path
-
+    ``<out_path>.meta.json`` (the provenance record of :mod:`prefopt.runs`); both atomic. Returns the meta dict."""
+    record = StageRecord(meta_path(Path(out_path).expanduser()), "pref-to-rw", command=command)
     records, report = load_records(pairs_path, split=split, format="pairs", limit=limit,
                                    max_bad_fraction=max_bad_fraction, name=name)
     out = Path(out_path).expanduser()
     text = "".join(json.dumps({"prompt_id": r.id, "prompt": r.prompt, "completions": list(r.completions),
                                "rewards": [1.0, 0.0]}, ensure_ascii=False) + "\n" for r in records)
     write_atomic(out, text)
-    meta = {"pairs": str(pairs_path), "out": str(out_path), "data": report.summary(), "n_rows": report.n_rows,
-            "n_pairs": len(records), "n_bad_rows": len(report.bad), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_json(meta_path(out), meta)
-    return meta
+    return record.finish(pairs=str(pairs_path), out=str(out_path), data=report.summary(), n_rows=report.n_rows,
+                         n_pairs=len(records), n_bad_rows=len(report.bad))
 
 
 def mean_reward(

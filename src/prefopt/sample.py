@@ -28,7 +28,6 @@ import logging
 import math
 import numbers
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -36,17 +35,17 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
+from prefopt import models
 from prefopt.data import DataError, Prompt, encode_prompts, load_prompts
-from prefopt.hub import offline_from_env
-from prefopt.io import write_atomic, write_json
+from prefopt.io import write_atomic
+from prefopt.models import load_tokenizer  # noqa: F401  (the sampler's tokenizer: the model's own, pad = EOS)
+from prefopt.runs import StageRecord, meta_path  # noqa: F401  (meta_path: the samples file's sidecar)
 
 logger = logging.getLogger(__name__)
 
 #: Accepted values of ``backend``: ``auto`` is vLLM when it is installed, CUDA is available and the model is given
 #: by path (vLLM loads weights itself), else ``hf`` (transformers ``generate``).
 BACKENDS = ("auto", "hf", "vllm")
-#: Accepted values of ``dtype`` for :func:`load_model`.
-DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -114,46 +113,9 @@ def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def _check_model_source(name_or_path: str) -> None:
-    if str(name_or_path).startswith((".", "/", "~")) and not Path(name_or_path).expanduser().is_dir():
-        raise DataError(f"no such local model folder {str(name_or_path)!r}")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def load_tokenizer(name_or_path: str):
-    """The tokenizer saved with a model (Hub id or folder), with pad = EOS when it has no pad token (as training)."""
-    from transformers import AutoTokenizer
-
-    _check_model_source(name_or_path)
-    try:
-        with offline_from_env():
-            tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
-    except (OSError, ValueError) as error:
-        raise DataError(f"tokenizer of {str(name_or_path)!r} could not be loaded: {_first_line(error)}") from None
-    if tokenizer.pad_token_id is None:  # Pythia and Llama-3 ship without one; left padding is masked anyway
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 def load_model(name_or_path: str, *, dtype: str = "auto", device: Optional[Union[str, torch.device]] = None):
-    """A causal LM with ``from_pretrained`` (Hub id or folder) on ``device`` (CUDA when available), in eval mode."""
-    from transformers import AutoModelForCausalLM
-
-    if dtype not in DTYPES:
-        raise DataError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
-    _check_model_source(name_or_path)
-    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    try:
-        with offline_from_env():
-            model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=torch_dtype)
-    except (OSError, ValueError) as error:
-        raise DataError(f"model {str(name_or_path)!r} could not be loaded: {_first_line(error)}") from None
-    device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval()
+    """A causal LM for generation: :func:`prefopt.models.load_model` on ``device`` (CUDA when available), eval mode."""
+    return models.load_model(name_or_path, dtype=dtype, device=device or "auto", eval_mode=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -393,11 +355,6 @@ def unique_prompts(prompts: Sequence[Prompt]) -> list[Prompt]:
     return list(seen.values())
 
 
-def meta_path(out_path: Union[str, os.PathLike]) -> Path:
-    """The sidecar ``<out>.meta.json`` of a samples file."""
-    return Path(f"{os.fspath(out_path)}.meta.json")
-
-
 def sample_to_jsonl(
     model_path: str,
     prompts_path: str,
@@ -414,6 +371,7 @@ def sample_to_jsonl(
     dtype: str = "auto",
     stop_strings: Optional[list[str]] = None,
     backend: str = "auto",
+    command: Optional[Sequence[str]] = None,
 ) -> dict:
     """The ``prefopt sample`` stage (SPEC §6.1 steps 4 and 6): K completions for each unique prompt of a data file.
 
@@ -421,16 +379,15 @@ def sample_to_jsonl(
     rows; the prompt of each row is read as training reads it (:func:`prefopt.data.load_prompts`). Repeated prompts
     are kept once, in first-seen order, and ``limit`` keeps the first ``limit`` unique prompts. The model and its
     tokenizer are loaded with ``from_pretrained``. ``out_path`` receives one JSON row ``{"prompt", "completions"}`` per
-    prompt and ``<out_path>.meta.json`` the settings, model, prompt counts, resolved backend and wall time; both are
-    written atomically (a temporary file renamed into place). Returns the meta dict.
+    prompt and ``<out_path>.meta.json`` the provenance record (:mod:`prefopt.runs`) with the settings, model, prompt
+    counts, resolved backend and wall time; both are written atomically (a temporary file renamed into place). Returns the meta dict.
     """
-    started = time.time()
+    record = StageRecord(meta_path(Path(out_path).expanduser()), "sample", command=command)
     _check_settings(k=k, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
                     batch_size=batch_size, stop_strings=stop_strings, backend=backend)
     if limit is not None and (not _is_int(limit) or limit < 1):
         raise DataError(f"limit must be an integer >= 1 or None, got {limit!r}")
-    if dtype not in DTYPES:
-        raise DataError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    models.torch_dtype(dtype)  # an unknown dtype fails before any work
     source = Path(prompts_path).expanduser()
     if not source.is_file():
         raise DataError(f"no such prompts file {str(prompts_path)!r} (resolved to {source.resolve()})")
@@ -449,17 +406,14 @@ def sample_to_jsonl(
     rows = (json.dumps({"prompt": prompt, "completions": texts}, ensure_ascii=False) + "\n"
             for prompt, texts in zip(kept, sampled.texts))
     write_atomic(out, "".join(rows))
-    meta = {
-        "model": str(model_path), "prompts": str(prompts_path), "out": str(out_path), "data": report.summary(),
-        "n_rows": report.n_rows, "n_bad_rows": len(report.bad), "n_unique_prompts": len(unique),
-        "n_prompts": len(kept), "k": k, "n_completions": len(kept) * k,
-        "n_hit_max_new_tokens": sampled.n_hit_max_new_tokens, "temperature": temperature, "top_k": top_k,
-        "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed, "batch_size": batch_size, "limit": limit,
-        "dtype": dtype, "stop_strings": stop_strings, "backend": chosen,
-        "device": "vllm" if chosen == "vllm" else str(next(model.parameters()).device),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 3),
-    }
-    write_json(meta_path(out), meta)
+    meta = record.finish(
+        model=str(model_path), prompts=str(prompts_path), out=str(out_path), data=report.summary(),
+        n_rows=report.n_rows, n_bad_rows=len(report.bad), n_unique_prompts=len(unique), n_prompts=len(kept), k=k,
+        n_completions=len(kept) * k, n_hit_max_new_tokens=sampled.n_hit_max_new_tokens, temperature=temperature,
+        top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, limit=limit,
+        dtype=dtype, stop_strings=stop_strings, backend=chosen,
+        device="vllm" if chosen == "vllm" else str(next(model.parameters()).device),
+    )
     logger.info("wrote %d prompts x %d completions to %s (%.1f s, backend %s)", len(kept), k, out,
                 meta["wall_seconds"], chosen)
     return meta

@@ -25,10 +25,10 @@ def completion_logps(
     """Summed log π(y | x) of each completion (EOS included), shaped like ``completions``."""
     from prefopt.data import PreferenceCollator, tokenize_completions
     from prefopt.logps import sequence_logps
-    from prefopt.sample import load_model, load_tokenizer
+    from prefopt.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(str(model_dir))
-    model = load_model(str(model_dir), dtype="float32", device="cpu")
+    model = load_model(str(model_dir), dtype="float32", device="cpu", eval_mode=True)
     examples = tokenize_completions(prompts, completions, tokenizer, max_length=max_length,
                                     max_prompt_length=max_prompt_length)
     collate = PreferenceCollator(pad_token_id=tokenizer.pad_token_id)

@@ -112,12 +112,13 @@ def save_tiny(directory: str | Path, words: Sequence[str] = (), *, seed: int = 0
 #: Words of the example data written by :func:`write_example`.
 EXAMPLE_WORDS = "red blue green cat dog sun moon fast slow big small happy sad tree river stone".split()
 
-#: Example configs written by :func:`write_example`: name → (data file, loss section).
+#: Example configs written by :func:`write_example`: name → (data file, loss section, margins section).
 EXAMPLE_CONFIGS = {
-    "dpo": ("pairs.jsonl", {"name": "dpo", "beta": 0.1}),
-    "simpo": ("pairs.jsonl", {"name": "simpo", "beta": 2.0, "gamma_beta_ratio": 0.5}),
-    "gamma_simpo": ("pairs.jsonl", {"name": "gamma_simpo", "beta": 2.0, "gamma_beta_ratio": 0.5, "margin_tau": 1.0}),
-    "fpo_alpha_rw": ("rw.jsonl", {"name": "fpo", "divergence": "alpha", "alpha": 0.1, "beta_pi": 0.35, "beta_r": 0.1}),
+    "dpo": ("pairs.jsonl", {"name": "dpo", "beta": 0.1}, None),
+    "simpo": ("pairs.jsonl", {"name": "simpo", "beta": 2.0, "gamma_beta_ratio": 0.5}, None),
+    "gamma_simpo": ("pairs.jsonl", {"name": "gamma_simpo", "beta": 2.0, "gamma_beta_ratio": 0.5}, {"tau": 1.0}),
+    "fpo_alpha_rw": ("rw.jsonl", {"name": "fpo", "divergence": "alpha", "alpha": 0.1, "beta_pi": 0.35, "beta_r": 0.1},
+                     None),
 }
 
 
@@ -146,11 +147,12 @@ def write_example(directory: str | Path, *, n_pairs: int = 64, seed: int = 0) ->
             handle.write(json.dumps({"prompt": "what is " + sentence(1, 2, "?"),
                                      "completions": [sentence(2, 5, ".") for _ in range(4)],
                                      "rewards": [round(rng.gauss(0, 1), 4) for _ in range(4)]}) + "\n")
-    for name, (data, loss) in EXAMPLE_CONFIGS.items():
+    for name, (data, loss, margins) in EXAMPLE_CONFIGS.items():
         config = {
             "model": {"name_or_path": str(directory / "model")},
             "data": {"train": str(directory / data), "max_length": 48, "max_prompt_length": 24},
             "loss": loss,
+            **({"margins": margins} if margins else {}),
             "train": {"output_dir": str(directory / "runs" / name), "max_steps": 10, "learning_rate": 1e-3,
                       "per_device_train_batch_size": 4, "logging_steps": 1, "report_to": ["none"]},
         }

@@ -7,14 +7,16 @@ does well (DeepSpeed / FSDP through accelerate, gradient accumulation, scheduler
 1. one concatenated forward of the policy over all B·K responses of a micro-batch (pairs are K = 2), and one of the
    reference (or its cached log-probs, :mod:`prefopt.reference`);
 2. per-sequence summed or averaged log-probs from :func:`prefopt.logps.sequence_logps`;
-3. the loss named in the config, looked up in :data:`prefopt.losses.LOSSES` (no per-method branches here);
-4. for γ-PO, per-pair margins from :class:`prefopt.margins.DynamicMargins`, passed as ``margin_offset``;
+3. the loss named in the config, looked up in :data:`prefopt.losses.LOSSES` and called through its one interface
+   (:class:`~prefopt.losses.PreferenceBatch` in, :class:`~prefopt.losses.LossOutput` out; no per-method branches);
+4. for γ-PO, per-pair margins from :class:`prefopt.margins.DynamicMargins`, passed as ``margin_offsets``;
 5. metrics in each method's own reward definition and a per-pair margin log (SPEC §9).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 from collections import defaultdict
@@ -22,29 +24,36 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from prefopt.logps import DEFAULT_CHUNK_SIZE, sequence_logps
-from prefopt.losses import get_loss_spec
+from prefopt.losses import LossOutput, PreferenceBatch, get_loss_spec
 from prefopt.margins import DynamicMargins
+from prefopt.runs import latest_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 
 MARGIN_STATE_FILE = "gamma_margins_rank{rank}.pt"
 
 
-def latest_complete_checkpoint(output_dir: str | Path) -> Optional[str]:
-    """The highest ``checkpoint-N`` that was written to the end (``trainer_state.json`` is the last file the Trainer
-    writes), so a run killed in the middle of a save resumes from the previous, whole checkpoint."""
-    checkpoints = sorted(
-        (p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-        key=lambda p: int(p.name.split("-")[-1]),
-    )
-    for checkpoint in reversed(checkpoints):
-        if (checkpoint / "trainer_state.json").is_file():
-            return str(checkpoint)
-        logger.warning("skipping %s: incomplete (no trainer_state.json), the run was interrupted while saving", checkpoint)
-    return None
+class JsonlMetricsCallback(TrainerCallback):
+    """Appends every log line (train and eval) to metrics.jsonl on the main process (SPEC §9)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+def silence_console(trainer: Trainer) -> None:
+    """``train.quiet``: drop the Trainer's progress bar and log printer (the run folder still gets every log)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
 
 
 class PreferenceTrainer(Trainer):
@@ -54,7 +63,7 @@ class PreferenceTrainer(Trainer):
         loss_name, loss_hparams: a registry name and its hyper-parameters (validated here).
         ref_model: the frozen reference; ``None`` when the loss is reference-free or every example carries cached
             ``ref_logps``.
-        margins: a :class:`DynamicMargins` for γ-PO losses.
+        margins: a :class:`DynamicMargins` for γ-PO losses; its ``gamma0`` must be the loss's β·gamma_beta_ratio.
         pool_margins_across_ranks: solve γ-PO margins over the gaps of all data-parallel ranks at once.
         logit_temperature: divides policy and reference logits (SPEC §3, 0.8 in the EXO/f-PO Pythia configs).
         margin_log_path, margin_log_every: where and how often to write the per-pair margin log (JSONL).
@@ -79,9 +88,13 @@ class PreferenceTrainer(Trainer):
     ):
         self.loss_spec = get_loss_spec(loss_name)
         self.loss_hparams = self.loss_spec.resolve_hparams(loss_hparams)
-        self.loss_kwargs = self.loss_spec.loss_kwargs(self.loss_hparams)
-        if self.loss_spec.dynamic_margins and margins is None:
-            raise ValueError(f"loss {loss_name!r} uses γ-PO dynamic margins: pass margins=DynamicMargins(...)")
+        if self.loss_spec.dynamic_margins:
+            if margins is None:
+                raise ValueError(f"loss {loss_name!r} uses γ-PO dynamic margins: pass margins=DynamicMargins(...)")
+            expected = self.loss_spec.gamma0(self.loss_hparams)
+            if abs(margins.gamma0 - expected) > 1e-12 * max(1.0, abs(expected)):
+                raise ValueError(f"margins.gamma0 = {margins.gamma0} but loss {loss_name!r} has γ0 = β·gamma_beta_ratio"
+                                 f" = {expected}: build DynamicMargins with the loss's γ0")
         self.margins = margins if self.loss_spec.dynamic_margins else None
         self.pool_margins_across_ranks = pool_margins_across_ranks
         self.logit_temperature = logit_temperature
@@ -139,58 +152,47 @@ class PreferenceTrainer(Trainer):
             )
         return self.margins(reward_gaps, training=training)
 
-    def preference_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], training: bool):
-        """Mean loss over the micro-batch, plus the per-pair quantities that metrics and the margin log need."""
-        spec, hp = self.loss_spec, self.loss_hparams
+    def preference_batch(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> PreferenceBatch:
+        """The per-sequence quantities of a collated micro-batch: one forward of the policy (and of the reference,
+        unless its log-probs are cached), summed log-probs and token counts ``[B, K]`` (SPEC §1)."""
         batch, k = inputs["rewards"].shape
-        summed, counts = self._summed_logps(model, inputs)
-        policy, counts = summed.view(batch, k), counts.view(batch, k)
+        summed, counts = self._summed_logps(model, inputs)  # (B·K,), (B·K,)
         ref = None
-        if spec.needs_reference:
-            ref = self._reference_summed_logps(inputs).view(batch, k).to(policy.dtype)
-        if spec.averaged_inputs:  # SPEC §1: A(y) = S(y)/n
-            policy = policy / counts
-            ref = ref / counts if ref is not None else None
-        rewards = spec.implicit_rewards(hp, policy, ref)  # [B, K], detached
+        if self.loss_spec.needs_reference:
+            ref = self._reference_summed_logps(inputs).view(batch, k).to(summed.dtype)
+        return PreferenceBatch(policy_logps=summed.view(batch, k), lengths=counts.view(batch, k),
+                               targets=inputs["rewards"], ref_logps=ref)
 
-        if spec.single_response:  # SFT: only the first response of each prompt is a target
-            losses = spec.fn(policy[:, 0], **self.loss_kwargs)
-            return losses.mean(), {"chosen_logps": summed.view(batch, k)[:, 0].detach()}
-
+    def batch_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], training: bool):
+        """Per-prompt losses ``[B]`` (a :class:`LossOutput`) and the per-pair quantities that metrics and the margin
+        log need (``losses``, ``reward_gap``, ``margin``, ``chosen_reward``, ... each ``[B]``, detached)."""
+        spec, hp = self.loss_spec, self.loss_hparams
+        batch = self.preference_batch(model, inputs)
         margins = None
-        if spec.group:
-            losses = spec.fn(policy, ref, inputs["rewards"], **self.loss_kwargs)
-            chosen = inputs["rewards"].argmax(dim=-1)  # best and worst candidate by the target, for logging
-            rejected = inputs["rewards"].argmin(dim=-1)
-        else:
-            if k != 2:
-                raise ValueError(f"loss {spec.name!r} takes (chosen, rejected) pairs, but the data has K = {k}")
-            args = [policy[:, 0], policy[:, 1]]
-            if ref is not None:
-                args += [ref[:, 0], ref[:, 1]]
-            if spec.needs_lengths:
-                args += [counts[:, 0], counts[:, 1]]
-            margin_offset = None
-            if spec.dynamic_margins:
-                margins = self._dynamic_margins(rewards[:, 0] - rewards[:, 1], training)
-                margin_offset = margins - spec.gamma0(hp)  # γ-SimPO / γ-DPO (SPEC §5)
-            losses = spec.fn(*args, margin_offset=margin_offset, **self.loss_kwargs)
-            chosen = torch.zeros(batch, dtype=torch.long, device=policy.device)
-            rejected = torch.ones(batch, dtype=torch.long, device=policy.device)
-
-        rows = torch.arange(batch, device=policy.device)
-        chosen_rewards, rejected_rewards = rewards[rows, chosen], rewards[rows, rejected]
+        if spec.dynamic_margins:  # γ-SimPO / γ-DPO (SPEC §5): margins from the detached reward gaps
+            margins = self._dynamic_margins(spec.reward_gaps(batch, hp), training)
+            batch = dataclasses.replace(batch, margin_offsets=margins - self.margins.gamma0)
+        out: LossOutput = spec(batch, hp)
+        if out.chosen_rewards is None:  # SFT: no preference, no rewards
+            return out, {"losses": out.losses.detach(), "chosen_logps": batch.policy_logps[:, 0].detach()}
+        rows = torch.arange(out.losses.shape[0], device=out.losses.device)
         if margins is None:
-            margins = torch.full_like(chosen_rewards, spec.static_margin(hp))
+            margins = torch.full_like(out.chosen_rewards, spec.static_margin(hp))
         per_pair = {
-            "reward_gap": chosen_rewards - rejected_rewards,
-            "margin": margins.to(chosen_rewards.dtype),
-            "chosen_reward": chosen_rewards,
-            "rejected_reward": rejected_rewards,
-            "chosen_logps": summed.view(batch, k)[rows, chosen].detach(),
-            "rejected_logps": summed.view(batch, k)[rows, rejected].detach(),
+            "losses": out.losses.detach(),
+            "reward_gap": out.chosen_rewards - out.rejected_rewards,
+            "margin": margins.to(out.chosen_rewards.dtype),
+            "chosen_reward": out.chosen_rewards,
+            "rejected_reward": out.rejected_rewards,
+            "chosen_logps": batch.policy_logps[rows, out.chosen_index].detach(),
+            "rejected_logps": batch.policy_logps[rows, out.rejected_index].detach(),
         }
-        return losses.mean(), per_pair
+        return out, per_pair
+
+    def preference_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], training: bool):
+        """Mean loss over the micro-batch, plus the per-pair quantities of :meth:`batch_loss`."""
+        out, per_pair = self.batch_loss(model, inputs, training)
+        return out.losses.mean(), per_pair
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, per_pair = self.preference_loss(model, inputs, training=model.training)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
-from typing import Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 VERDICTS = ("A", "B", "tie", "invalid")
 
@@ -84,12 +84,30 @@ def win_rate(pair_outcomes: Sequence[Sequence[str]], *, bootstrap: int = 1000, s
     )
 
 
+def judge_pairs_both_orders(
+    judge: PairwiseJudge,
+    pairs: Sequence[tuple[Any, str, str]],
+    *,
+    compare_many: Optional[Callable[[list[tuple[Any, str, str]]], Sequence[str]]] = None,
+) -> list[list[str]]:
+    """Every (prompt, policy response, baseline response) pair judged in both orders: per pair, the policy's
+    outcomes with the policy shown first, then second (SPEC §6.1 step 6). Feed the result to :func:`win_rate`.
+
+    ``compare_many`` (comparisons -> verdicts, in order) runs the ``2 × len(pairs)`` comparisons, e.g. concurrently
+    (:func:`prefopt.judges.judge_both_orders_many`); by default ``judge.compare`` is called on each in turn."""
+    comparisons = []
+    for prompt, policy, baseline in pairs:
+        comparisons += [(prompt, policy, baseline), (prompt, baseline, policy)]
+    if compare_many is None:
+        verdicts = [judge.compare(*c) for c in comparisons]
+    else:
+        verdicts = list(compare_many(comparisons))
+    return [[outcome(verdicts[2 * i], "A"), outcome(verdicts[2 * i + 1], "B")] for i in range(len(pairs))]
+
+
 def judge_both_orders(judge: PairwiseJudge, prompt, policy_response: str, baseline_response: str) -> list[str]:
     """The two judgements of one pair, as outcomes for the policy: policy shown first, then second."""
-    return [
-        outcome(judge.compare(prompt, policy_response, baseline_response), "A"),
-        outcome(judge.compare(prompt, baseline_response, policy_response), "B"),
-    ]
+    return judge_pairs_both_orders(judge, [(prompt, policy_response, baseline_response)])[0]
 
 
 def mean_and_ci(values: Sequence[float]) -> tuple[float, tuple[float, float]]:

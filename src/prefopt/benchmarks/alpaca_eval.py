@@ -1,4 +1,4 @@
-"""AlpacaEval 2 through our own judge client (SPEC §7 "AlpacaEval 2"), plus a small-world variant for the CPU.
+"""AlpacaEval 2 through our own judge client (SPEC §7 "AlpacaEval 2"), or any judge with the same interface.
 
 Outputs
     AlpacaEval's format: a JSON list of ``{"instruction", "output", "generator", "dataset"}``
@@ -54,12 +54,11 @@ Our LC fit vs. the official one
     towards the gamed baselines (their rows added with total weight 0.2), both of which need ``df_gamed.csv``.
     Without difficulties, our LC WR is simply sigmoid(fitted constant).
 
-Small world (:func:`smallworld_annotate`)
-    Instructions are SmallWorld prompts; the "judge" is the hidden reward through a logistic link,
-    ``P(model better) = sigmoid((R(x, y_model) - R(x, y_base)) / temperature + length_bias * (chars_model -
-    chars_base))``, preference = 1 + that probability (alpaca_eval's convention). ``length_bias`` (logits per
-    character) is a judge verbosity bias on top of the world's own ``length_weight``. The same metric code (raw WR and
-    our LC fit) then runs on a CPU with no endpoint.
+Judges (:class:`AlpacaJudge`)
+    :func:`annotate` asks any object with ``prefer(instruction, output_1, output_2) -> preference``: at paper scale
+    :class:`LLMAlpacaJudge` (the annotator above through a :class:`JudgeClient`), in the small world (SPEC §8)
+    :class:`prefopt.smallworld.benchmarks.HiddenRewardAlpacaJudge` (the hidden reward through a logistic link). Both
+    go through the same order switching, metrics (raw WR and our LC fit) and result format.
 """
 
 from __future__ import annotations
@@ -73,7 +72,7 @@ import random
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -243,47 +242,86 @@ def _pair_with_baseline(model_outputs: Sequence[Mapping], baseline_outputs: Sequ
     return pairs
 
 
+class AlpacaJudge(Protocol):
+    """What :func:`annotate` asks of a judge: a preference between two outputs shown in a given order.
+
+    ``prefer(instruction, output_1, output_2)`` returns ``{"preference": in [1, 2], 2 = output_2 better, NaN when
+    unreadable; "key": a cache key or None; "cached": bool}``. ``name`` is the annotator's name, ``model`` the judge
+    model recorded per annotation; ``concurrent`` (optional, default False): comparisons may run in a thread pool.
+    Satisfied by :class:`LLMAlpacaJudge` (paper scale) and the small world's
+    :class:`prefopt.smallworld.benchmarks.HiddenRewardAlpacaJudge`."""
+
+    name: str
+    model: str
+
+    def prefer(self, instruction: str, output_1: str, output_2: str) -> Mapping[str, Any]:
+        ...
+
+
+class LLMAlpacaJudge:
+    """alpaca_eval's annotator (:class:`AlpacaAnnotator`) asked through our :class:`prefopt.judges.JudgeClient`
+    (cached, so a rerun pays nothing); the preference is read from the first token's log-probs."""
+
+    concurrent = True
+
+    def __init__(self, client, annotator: AlpacaAnnotator | None = None):
+        self.client = client
+        self.annotator = annotator or AlpacaAnnotator.load()
+        self.name, self.model = self.annotator.name, client.model
+
+    def prefer(self, instruction: str, output_1: str, output_2: str) -> Mapping[str, Any]:
+        result = self.client.complete(**self.annotator.request(instruction, output_1, output_2))
+        return {"preference": self.annotator.preference(result.get("logprobs")), "key": result.get("key"),
+                "cached": bool(result.get("cached"))}
+
+
 def annotate(
     model_outputs: Sequence[Mapping[str, Any]],
     baseline_outputs: Sequence[Mapping[str, Any]],
-    client,
+    judge,
     *,
     annotator: AlpacaAnnotator | None = None,
     seed: int = DEFAULT_SEED,
     workers: int = 8,
     progress: bool = False,
 ) -> list[dict]:
-    """Judge every model output against the baseline output of the same instruction through ``client``
-    (a :class:`prefopt.judges.JudgeClient`; cached, so a rerun pays nothing).
+    """Judge every model output against the baseline output of the same instruction, each pair shown in the order
+    alpaca_eval's processor picks (:func:`is_switched`), the order undone afterwards.
 
-    Returns alpaca_eval-style annotations: ``instruction``, ``output_1`` (baseline), ``output_2`` (model),
-    ``generator_1``, ``generator_2``, ``annotator``, ``index`` (position in the baseline file, i.e. in the eval set),
-    ``is_switched_outputs``, ``shown_preference`` (as read, shown order), ``preference`` (in [1, 2], 2 = model
-    better, order undone), ``judge_model``, ``cache_key``, ``cached``."""
-    annotator = annotator or AlpacaAnnotator.load()
+    ``judge``: an :class:`AlpacaJudge`, or a :class:`prefopt.judges.JudgeClient`, wrapped in :class:`LLMAlpacaJudge`
+    with ``annotator``. Returns alpaca_eval-style annotations: ``instruction``, ``output_1`` (baseline), ``output_2``
+    (model), ``generator_1``, ``generator_2``, ``annotator``, ``index`` (position in the baseline file, i.e. in the
+    eval set), ``is_switched_outputs``, ``shown_preference`` (as read, shown order), ``preference`` (in [1, 2], 2 =
+    model better, order undone), ``judge_model``, ``cache_key``, ``cached``."""
+    from prefopt.judges import _run_pool
+
+    if not hasattr(judge, "prefer"):
+        judge = LLMAlpacaJudge(judge, annotator)
     pairs = _pair_with_baseline(model_outputs, baseline_outputs)
-    requests, switched = [], []
+    shown, switched = [], []
     for _, base, row in pairs:
         s = is_switched(row["instruction"], seed)
         first, second = (row["output"], base["output"]) if s else (base["output"], row["output"])
-        requests.append(annotator.request(row["instruction"], first, second))
+        shown.append((row["instruction"], first, second))
         switched.append(s)
-    results = client.complete_many(requests, workers=workers, progress=progress, desc="alpaca_eval")
+    results = _run_pool([lambda c=c: judge.prefer(*c) for c in shown],
+                        workers=workers if getattr(judge, "concurrent", False) else 1, progress=progress,
+                        desc="alpaca_eval")
     annotations = []
     for (index, base, row), s, result in zip(pairs, switched, results):
-        shown = annotator.preference(result.get("logprobs"))
+        preference = result["preference"]
         annotations.append({
             "instruction": row["instruction"],
             "output_1": base["output"],
             "output_2": row["output"],
             "generator_1": base.get("generator", BASELINE_GENERATOR),
             "generator_2": row.get("generator", "model"),
-            "annotator": annotator.name,
+            "annotator": judge.name,
             "index": index,
             SWITCH_COLUMN: s,
-            "shown_preference": shown,
-            "preference": 3.0 - shown if s else shown,
-            "judge_model": client.model,
+            "shown_preference": preference,
+            "preference": 3.0 - preference if s else preference,
+            "judge_model": judge.model,
             "cache_key": result.get("key"),
             "cached": bool(result.get("cached")),
         })
@@ -489,40 +527,3 @@ def evaluate(model_outputs, baseline_outputs_path, client, *, seed: int = DEFAUL
     result = compute_metrics(annotations, judge=client.model, template_sha256=annotator.template_sha256,
                              instruction_difficulty=instruction_difficulty, official_lc=official_lc)
     return result, annotations
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The small-world variant
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def smallworld_annotate(
-    world,
-    model_outputs: Sequence[Mapping[str, Any]],
-    baseline_outputs: Sequence[Mapping[str, Any]],
-    *,
-    temperature: float = 0.25,
-    length_bias: float = 0.0,
-) -> list[dict]:
-    """Annotations in the same format as :func:`annotate`, the preference coming from the world's hidden reward:
-    ``1 + sigmoid((R(x, y_model) - R(x, y_base)) / temperature + length_bias * (chars_model - chars_base))``.
-    Instructions are SmallWorld prompt texts (the user turn)."""
-    if temperature <= 0:
-        raise ValueError("temperature must be > 0")
-    annotations = []
-    for index, base, row in _pair_with_baseline(model_outputs, baseline_outputs):
-        gap = world.hidden_reward(row["instruction"], row["output"]) - world.hidden_reward(row["instruction"],
-                                                                                            base["output"])
-        logit = gap / temperature + length_bias * (len(row["output"]) - len(base["output"]))
-        annotations.append({
-            "instruction": row["instruction"],
-            "output_1": base["output"],
-            "output_2": row["output"],
-            "generator_1": base.get("generator", "baseline"),
-            "generator_2": row.get("generator", "model"),
-            "annotator": f"smallworld_hidden_reward(T={temperature:g},length_bias={length_bias:g})",
-            "index": index,
-            "preference": 1.0 + float(_sigmoid(np.array(logit))),
-            "judge_model": "smallworld-hidden-reward",
-        })
-    return annotations

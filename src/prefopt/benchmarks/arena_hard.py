@@ -1,8 +1,8 @@
 """Arena-Hard v0.1: pairwise judging against a baseline and the Bradley–Terry win rate (SPEC §7 "Arena-Hard v0.1").
 
 Pipeline: ``load_questions`` / ``load_answers`` (Arena-Hard's JSONL formats, from local files only) ->
-``judge_answers`` (an OpenAI-compatible judge through :class:`prefopt.judges.JudgeClient`, temperature 0, cached) or
-``small_world_judgements`` (the small world's hidden reward, on a CPU) -> ``score_judgements`` (win rate in % with a
+``judge_answers`` (any :class:`ArenaJudge`: an OpenAI-compatible judge through :class:`prefopt.judges.JudgeClient`,
+temperature 0, cached, or the small world's hidden-reward judge on a CPU) -> ``score_judgements`` (win rate in % with a
 bootstrap 95% interval and verdict counts).
 
 Conventions and decisions:
@@ -42,7 +42,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -367,6 +367,40 @@ def render_messages(template, question: str, answer_a: str, answer_b: str) -> li
     return [{"role": "user", "content": filled}]
 
 
+class ArenaJudge(Protocol):
+    """What :func:`judge_answers` asks of a judge: its answer for one game, the verdict label in ``[[...]]``.
+
+    Satisfied by :class:`LLMArenaJudge` (paper scale) and the small world's
+    :class:`prefopt.smallworld.benchmarks.HiddenRewardArenaJudge`. ``concurrent`` (optional, default False): the
+    games may be judged in a thread pool (an LLM endpoint); otherwise they are judged in order, one at a time."""
+
+    name: str
+
+    def judge_game(self, question: str, answer_a: str, answer_b: str) -> Mapping[str, Any]:
+        """``{"content": the judge's answer text, "cached": whether it came from a cache}``."""
+
+
+class LLMArenaJudge:
+    """Arena-Hard's LLM judge: the template's messages (:func:`render_messages`) sent through a
+    :class:`prefopt.judges.JudgeClient` (``complete`` at temperature 0, the template's (name, sha256) in the cache key,
+    so a rerun costs no calls), or through any callable ``messages -> answer text``."""
+
+    def __init__(self, client: Any, template: Any = DEFAULT_TEMPLATE, *, max_tokens: int = 4096):
+        if not (hasattr(client, "complete") or callable(client)):
+            raise TypeError("judge must be a JudgeClient (with .complete) or a callable messages -> text")
+        self.client, self.max_tokens = client, max_tokens
+        self.template = template if hasattr(template, "body") else load_template(template)
+        self.concurrent = hasattr(client, "complete")
+        self.name = str(getattr(client, "model", None) or getattr(client, "__name__", "judge"))
+
+    def judge_game(self, question: str, answer_a: str, answer_b: str) -> Mapping[str, Any]:
+        messages = render_messages(self.template, question, answer_a, answer_b)
+        if self.concurrent:
+            return self.client.complete(messages, temperature=0.0, max_tokens=self.max_tokens,
+                                        template_id=(self.template.name, self.template.sha256))
+        return {"content": self.client(messages), "cached": False}
+
+
 def judge_answers(
     judge: Any,
     questions: Sequence[Mapping[str, Any]],
@@ -380,84 +414,27 @@ def judge_answers(
 ) -> list[dict]:
     """Judge every model's answer against the baseline's, two games per question (game 1: baseline = A).
 
-    ``judge``: a :class:`prefopt.judges.JudgeClient` (called through ``complete`` at temperature 0 with the
-    template's (name, sha256) in the cache key, so a rerun costs no calls), or any callable ``messages -> answer
-    text``. ``model_answers``: ``{model: {question_id: text}}``; ``baseline_answers``: ``{question_id: text}``.
-    Returns one record per game, in (model, question, game) order: ``{question_id, model, game, verdict (label or
-    None), judgement (the raw answer), cached}``."""
-    tmpl = template if hasattr(template, "body") else load_template(template)
+    ``judge``: an :class:`ArenaJudge`, or a :class:`prefopt.judges.JudgeClient` / callable ``messages -> answer
+    text``, wrapped in :class:`LLMArenaJudge` with ``template`` and ``max_tokens``. ``model_answers``: ``{model:
+    {question_id: text}}``; ``baseline_answers``: ``{question_id: text}``. Returns one record per game, in (model,
+    question, game) order: ``{question_id, model, game, verdict (label or None), judgement (the raw answer),
+    cached}``."""
+    from prefopt.judges import _run_pool
+
+    if not hasattr(judge, "judge_game"):
+        judge = LLMArenaJudge(judge, template, max_tokens=max_tokens)
     _check_answers(questions, model_answers, baseline_answers)
-    jobs = []
+    games = []
     for model in model_answers:
         for q in questions:
             qid, text = q["question_id"], _question_text(q)
             mine, base = model_answers[model][qid], baseline_answers[qid]
-            jobs.append((model, qid, 1, render_messages(tmpl, text, base, mine)))
-            jobs.append((model, qid, 2, render_messages(tmpl, text, mine, base)))
-    if hasattr(judge, "complete"):
-        from prefopt.judges import _run_pool
-
-        calls = [lambda m=m: judge.complete(m, temperature=0.0, max_tokens=max_tokens,
-                                            template_id=(tmpl.name, tmpl.sha256)) for *_, m in jobs]
-        results = _run_pool(calls, workers=workers, progress=progress, desc="arena-hard")
-        answers = [(r["content"], bool(r.get("cached"))) for r in results]
-    elif callable(judge):
-        answers = [(judge(m), False) for *_, m in jobs]
-    else:
-        raise TypeError("judge must be a JudgeClient (with .complete) or a callable messages -> text")
+            games += [(model, qid, 1, (text, base, mine)), (model, qid, 2, (text, mine, base))]
+    calls = [lambda shown=shown: judge.judge_game(*shown) for *_, shown in games]
+    results = _run_pool(calls, workers=workers if getattr(judge, "concurrent", False) else 1, progress=progress,
+                        desc="arena-hard")
     return [
-        {"question_id": qid, "model": model, "game": game, "verdict": parse_verdict(text), "judgement": text,
-         "cached": cached}
-        for (model, qid, game, _), (text, cached) in zip(jobs, answers)
+        {"question_id": qid, "model": model, "game": game, "verdict": parse_verdict(r["content"]),
+         "judgement": r["content"], "cached": bool(r.get("cached"))}
+        for (model, qid, game, _), r in zip(games, results)
     ]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The small world (SPEC §8)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def gap_label(gap: float, *, tie_margin: float, strong_margin: float) -> str:
-    """A reward gap (A minus B) as a verdict label: within ``tie_margin`` a tie, beyond ``strong_margin`` strong."""
-    if not 0 <= tie_margin < strong_margin:
-        raise ValueError("need 0 <= tie_margin < strong_margin")
-    if abs(gap) <= tie_margin:
-        return "A=B"
-    strong = abs(gap) >= strong_margin
-    if gap > 0:
-        return "A>>B" if strong else "A>B"
-    return "B>>A" if strong else "B>A"
-
-
-def small_world_questions(world, n: int, *, seed: int) -> list[dict]:
-    """``n`` small-world prompts as Arena-Hard questions (category ``small-world``, cluster = topic)."""
-    return [{"question_id": p["id"], "category": "small-world", "cluster": p["topic"],
-             "turns": [{"content": p["prompt"][-1]["content"]}], "question": p["prompt"][-1]["content"]}
-            for p in world.prompts(n, seed=seed)]
-
-
-def small_world_judgements(
-    world,
-    questions: Sequence[Mapping[str, Any]],
-    model_answers: Mapping[str, Mapping[str, str]],
-    baseline_answers: Mapping[str, str],
-    *,
-    tie_margin: float = 0.02,
-    strong_margin: float = 0.5,
-    position_bias: float = 0.0,
-) -> list[dict]:
-    """The judgement records of :func:`judge_answers`, from the small world's hidden reward instead of an LLM: the
-    gap ``reward(A) + position_bias - reward(B)`` becomes a label via :func:`gap_label` (the HiddenRewardJudge rule
-    with a strong band added), so :func:`score_judgements` runs unchanged on a CPU."""
-    _check_answers(questions, model_answers, baseline_answers)
-    records = []
-    for model in model_answers:
-        for q in questions:
-            qid, text = q["question_id"], _question_text(q)
-            mine, base = model_answers[model][qid], baseline_answers[qid]
-            for game, (a, b) in ((1, (base, mine)), (2, (mine, base))):
-                gap = world.hidden_reward(text, a) + position_bias - world.hidden_reward(text, b)
-                label = gap_label(gap, tie_margin=tie_margin, strong_margin=strong_margin)
-                records.append({"question_id": qid, "model": model, "game": game, "verdict": label,
-                                "judgement": f"reward gap (A - B) {gap:+.4f}: [[{label}]]", "cached": False})
-    return records

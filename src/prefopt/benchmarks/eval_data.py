@@ -33,16 +33,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
+from prefopt.errors import EvalDataError
 from prefopt.io import write_atomic, write_json
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DEST = Path("eval/data")
 MANIFEST = "manifest.json"
-
-
-class EvalDataError(RuntimeError):
-    """The evaluation data could not be fetched (download failed, member missing)."""
 
 
 class ChecksumError(EvalDataError):

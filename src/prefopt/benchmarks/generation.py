@@ -1,13 +1,17 @@
-"""Per-model generation settings for the benchmarks (SPEC §6.3), kept as data in ``eval/generation/<family>.yaml``."""
+"""Per-model generation settings for the benchmarks (SPEC §6.3), kept as package data in
+``prefopt/resources/generation/<family>.yaml`` (found with :mod:`importlib.resources`, so a family name works from any
+working directory and from an installed wheel)."""
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Optional
 
 import yaml
 
-GENERATION_DIR = Path(__file__).resolve().parents[3] / "eval" / "generation"
+# An importlib.resources Traversable: a Path in any unpacked install (editable or wheel).
+GENERATION_DIR = resources.files("prefopt.resources") / "generation"
 BENCHMARKS = ("alpaca_eval", "arena_hard", "mt_bench")
 
 
@@ -16,7 +20,8 @@ def load_generation_config(family: str, benchmark: str, *, directory: Optional[P
     directory = Path(directory) if directory else GENERATION_DIR
     path = Path(family) if family.endswith((".yaml", ".yml")) else directory / f"{family}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in directory.glob("*.yaml"))
+        entries = directory.iterdir() if directory.is_dir() else ()
+        known = sorted(p.name[: -len(".yaml")] for p in entries if p.name.endswith(".yaml"))
         raise ValueError(f"no generation config {path}; known model families: {', '.join(known)}")
     if benchmark not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {benchmark!r}; choose one of {', '.join(BENCHMARKS)}")

@@ -20,8 +20,10 @@ Answers use fschat's model-answer format: ``{"question_id", "model_id", "choices
 a2]}]}`` (:func:`make_answer`, :func:`save_answers`, :func:`load_answers`); :func:`generate_two_turn` produces them
 from any generation function (turn 2 sees turn 1's answer).
 
-Small world (SPEC §8): :func:`small_world_questions` and :func:`small_world_ratings` give two-turn questions whose
-categories are the world's topics and ratings from the hidden reward, so the same :func:`score_ratings` runs on a CPU.
+Judges: :func:`grade_answers` asks any :class:`RatingJudge` (``rate(question, answer_turns, turn) -> rating``): at
+paper scale :class:`LLMRatingJudge` (the above), in the small world (SPEC §8) the hidden reward mapped onto 1–10
+(:class:`prefopt.smallworld.benchmarks.HiddenRewardRatingJudge`), so the same records and :func:`score_ratings` run
+on a CPU.
 """
 
 from __future__ import annotations
@@ -30,11 +32,10 @@ import hashlib
 import json
 import logging
 import math
-import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from prefopt.io import read_jsonl, write_jsonl
 
@@ -211,41 +212,81 @@ def parse_rating(text: str | None) -> float | None:
     return value if 1.0 <= value <= 10.0 and math.isfinite(value) else None
 
 
-def grade_answers(client, questions: Sequence[Question], answers: Mapping[Any, Mapping[str, Any]] | Sequence[Mapping],
-                  prompts: Mapping[str, JudgePrompt], *, max_tokens: int = JUDGE_MAX_TOKENS, workers: int = 8,
-                  progress: bool = True) -> list[dict]:
-    """Grade both turns of every answered question with ``client`` (a :class:`prefopt.judges.JudgeClient`).
+class RatingJudge(Protocol):
+    """What :func:`grade_answers` asks of a judge: a rating of one turn of an answer.
+
+    ``rate(question, answer_turns, turn)`` returns ``{"rating": 1..10 or None (invalid), "judgment": the judge's text
+    or None, "judge_prompt": its prompt's name or None, "cached": bool}`` plus any extra fields for the record.
+    ``name`` is recorded as the record's ``judge``; ``concurrent`` (optional, default False): turns may be graded in a
+    thread pool. Satisfied by :class:`LLMRatingJudge` (paper scale) and the small world's
+    :class:`prefopt.smallworld.benchmarks.HiddenRewardRatingJudge`."""
+
+    name: str
+
+    def rate(self, question: Question, answer_turns: Sequence[str], turn: int) -> Mapping[str, Any]:
+        ...
+
+
+class LLMRatingJudge:
+    """fschat's single-answer grading through a :class:`prefopt.judges.JudgeClient`: the judge prompt of the turn
+    (:func:`judge_messages`) at temperature 0, cached under the prompt's name and sha256, rating by
+    :func:`parse_rating`."""
+
+    concurrent = True
+
+    def __init__(self, client, prompts: Mapping[str, JudgePrompt], *, max_tokens: int = JUDGE_MAX_TOKENS):
+        self.client, self.prompts, self.max_tokens = client, prompts, max_tokens
+        self.name = client.model
+
+    def rate(self, question: Question, answer_turns: Sequence[str], turn: int) -> Mapping[str, Any]:
+        prompt, messages = judge_messages(self.prompts, question, answer_turns, turn)
+        res = self.client.complete(messages, temperature=0.0, max_tokens=self.max_tokens,
+                                   template_id=(f"mt-bench/{prompt.name}", prompt.sha256))
+        rating = parse_rating(res["content"])
+        if rating is None:
+            logger.debug("MT-Bench q%s turn %d: invalid rating, answer starts %r", question.question_id, turn,
+                         res["content"][:80])
+        return {"rating": rating, "judgment": res["content"], "judge_prompt": prompt.name,
+                "cached": bool(res.get("cached"))}
+
+
+def grade_answers(judge, questions: Sequence[Question], answers: Mapping[Any, Mapping[str, Any]] | Sequence[Mapping],
+                  prompts: Mapping[str, JudgePrompt] | None = None, *, max_tokens: int = JUDGE_MAX_TOKENS,
+                  workers: int = 8, progress: bool = True) -> list[dict]:
+    """Grade both turns of every answered question with ``judge``: a :class:`RatingJudge`, or a
+    :class:`prefopt.judges.JudgeClient` graded with ``prompts`` (:class:`LLMRatingJudge`).
 
     Returns one record per (question, turn): ``{"question_id", "model_id", "category", "turn", "rating" (float or
-    None = invalid), "judge", "judge_prompt", "judgment", "cached"}``. Questions without an answer are skipped (and
-    logged)."""
+    None = invalid), "judge", "judge_prompt", "judgment", "cached"}`` plus the judge's extra fields. Questions without
+    an answer are skipped (and logged)."""
+    from prefopt.judges import _run_pool
+
+    if not hasattr(judge, "rate"):
+        if prompts is None:
+            raise ValueError("grading through a judge client needs the judge prompts (load_judge_prompts)")
+        judge = LLMRatingJudge(judge, prompts, max_tokens=max_tokens)
     if not isinstance(answers, Mapping):
         answers = {a["question_id"]: a for a in answers}
-    jobs, meta = [], []
+    jobs = []
     missing = 0
     for q in questions:
         ans = answers.get(q.question_id)
         if ans is None:
             missing += 1
             continue
-        turns = answer_turns(ans)
-        for turn in (1, 2):
-            prompt, messages = judge_messages(prompts, q, turns, turn)
-            jobs.append({"messages": messages, "temperature": 0.0, "max_tokens": max_tokens,
-                         "template_id": (f"mt-bench/{prompt.name}", prompt.sha256)})
-            meta.append((q, ans, turn, prompt))
+        jobs += [(q, ans, turn) for turn in (1, 2)]
     if missing:
         logger.warning("MT-Bench: %d of %d questions have no answer; they are not graded", missing, len(questions))
-    results = client.complete_many(jobs, workers=workers, progress=progress, desc="mt-bench judge")
+    results = _run_pool([lambda q=q, a=a, t=t: judge.rate(q, answer_turns(a), t) for q, a, t in jobs],
+                        workers=workers if getattr(judge, "concurrent", False) else 1, progress=progress,
+                        desc="mt-bench judge")
     records = []
-    for (q, ans, turn, prompt), res in zip(meta, results):
-        rating = parse_rating(res["content"])
-        if rating is None:
-            logger.debug("MT-Bench q%s turn %d: invalid rating, answer starts %r", q.question_id, turn,
-                         res["content"][:80])
+    for (q, ans, turn), res in zip(jobs, results):
+        extra = {k: v for k, v in res.items() if k not in ("rating", "judgment", "judge_prompt", "cached")}
         records.append({"question_id": q.question_id, "model_id": ans.get("model_id"), "category": q.category,
-                        "turn": turn, "rating": rating, "judge": client.model, "judge_prompt": prompt.name,
-                        "judgment": res["content"], "cached": bool(res.get("cached"))})
+                        "turn": turn, "rating": res["rating"], **extra, "judge": judge.name,
+                        "judge_prompt": res.get("judge_prompt"), "judgment": res.get("judgment"),
+                        "cached": bool(res.get("cached"))})
     return records
 
 
@@ -283,58 +324,3 @@ def score_ratings(records: Iterable[Mapping[str, Any]]) -> dict:
         "n_per_category": {c: len(by_cat[c]) for c in order},
         "invalid_policy": INVALID_POLICY,
     }
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Small world (SPEC §8)
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def small_world_questions(world, n: int, *, seed: int = 0) -> list[Question]:
-    """``n`` two-turn questions in the small world's prompt language (``"<opener> <context> <topic> ?"``, only words
-    of the world's vocabulary): topics round-robin (balanced), turn 2 asks about the same topic with another opener;
-    category = topic; ids 1..n. Deterministic in (world seed, ``seed``)."""
-    from prefopt.smallworld.world import CONTEXT, OPENERS
-
-    rng = random.Random(f"{world.config.seed}/mt-bench/{seed}")
-    topics = list(world.topics)
-    questions = []
-    for i in range(n):
-        topic = topics[i % len(topics)]
-        first, second = rng.sample(OPENERS, 2)
-        turns = (f"{first} {rng.choice(CONTEXT)} {topic} ?", f"{second} {rng.choice(CONTEXT)} {topic} ?")
-        questions.append(Question(i + 1, topic, turns))
-    return questions
-
-
-def reward_to_rating(world, reward: float) -> float:
-    """Linear map of the hidden reward onto 1–10: the reward range of answers of ``min_words``..``max_words`` words,
-    ``[-1 + w·min_words, 1 + w·max_words]`` (w = ``length_weight``), goes to [1, 10]; outside it is clipped (an empty
-    answer, reward −1, rates 1; a longer-than-max answer at most 10)."""
-    c = world.config
-    lo, hi = -1.0 + c.length_weight * c.min_words, 1.0 + c.length_weight * c.max_words
-    return min(10.0, max(1.0, 1.0 + 9.0 * (reward - lo) / (hi - lo)))
-
-
-def small_world_ratings(world, answers: Mapping[Any, Mapping[str, Any]] | Sequence[Mapping],
-                        questions: Sequence[Question]) -> list[dict]:
-    """Ratings from the hidden reward, one record per (question, turn), in :func:`grade_answers`'s format (judge
-    ``"hidden-reward"``). Turn t's reward is that of its answer for the conversation so far (the last user turn
-    names the topic), mapped by :func:`reward_to_rating`. Feed the records to :func:`score_ratings`."""
-    if not isinstance(answers, Mapping):
-        answers = {a["question_id"]: a for a in answers}
-    records = []
-    for q in questions:
-        ans = answers.get(q.question_id)
-        if ans is None:
-            continue
-        turns = answer_turns(ans)
-        conv: list[dict] = []
-        for t in (1, 2):
-            conv.append({"role": "user", "content": q.turns[t - 1]})
-            reward = world.hidden_reward(conv, turns[t - 1])
-            records.append({"question_id": q.question_id, "model_id": ans.get("model_id"), "category": q.category,
-                            "turn": t, "rating": reward_to_rating(world, reward), "reward": reward,
-                            "judge": "hidden-reward", "judge_prompt": None, "judgment": None, "cached": False})
-            conv.append({"role": "assistant", "content": turns[t - 1]})
-    return records

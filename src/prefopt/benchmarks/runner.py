@@ -5,11 +5,15 @@ Two steps, each resumable on its own and each writing the files of the benchmark
 - :func:`generate_answers` loads a model + tokenizer once, takes the model family's sampling settings from
   ``eval/generation/<family>.yaml`` (:func:`prefopt.benchmarks.generation.load_generation_config`) and writes
   ``<out_dir>/<benchmark>_answers.(json|jsonl)`` in the benchmark's own format (AlpacaEval outputs list, Arena-Hard
-  answer JSONL, fschat's MT-Bench model-answer JSONL) next to ``<benchmark>_answers.meta.json`` (model, family,
+  answer JSONL, fschat's MT-Bench model-answer JSONL) next to its ``.meta.json`` sidecar (model, family,
   settings, seed, backend, counts, time).
 - :func:`score_answers` judges an answers file with the benchmark's scorer through OUR
   :class:`prefopt.judges.JudgeClient` (cached on disk, so a rerun costs nothing) and writes the result JSON of the
   contract (``scale: "paper"``), plus the raw judgements beside it (``<out>.judgements.json[l]``).
+
+Both write the provenance sidecar of their output file, :func:`prefopt.runs.meta_path` (``<file>.meta.json``, the
+:data:`prefopt.runs.RUN_INFO_KEYS` schema, stage ``bench-generate`` / ``bench-score``); the answers' one also holds
+the generator settings that scoring records.
 
 Prompts are chat messages (one user turn; MT-Bench's second turn sees the first answer) rendered with the model's own
 chat template by :func:`prefopt.sample.generate` (exactly one BOS). MT-Bench samples each category at its own
@@ -26,8 +30,6 @@ import logging
 import math
 import os
 import time
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
@@ -39,6 +41,7 @@ from prefopt.benchmarks import mt_bench as mt
 from prefopt.benchmarks.generation import BENCHMARKS, GENERATION_DIR, load_generation_config, temperature_for
 from prefopt.data import DataError
 from prefopt.io import write_json, write_jsonl
+from prefopt.runs import StageRecord, meta_path, package_versions, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +71,9 @@ def answers_path(out_dir: str | os.PathLike, benchmark: str) -> Path:
 
 
 def answers_meta_path(path: str | os.PathLike) -> Path:
-    """The generator settings beside an answers file: ``<benchmark>_answers.meta.json``."""
-    return Path(path).with_suffix(".meta.json")
+    """The provenance and generator settings beside an answers file: :func:`prefopt.runs.meta_path`,
+    ``<benchmark>_answers.json[l].meta.json``."""
+    return meta_path(path)
 
 
 def _sidecar(out_path: Path, what: str, suffix: str) -> Path:
@@ -94,21 +98,8 @@ def _model_family(family: str) -> str:
     return str(doc.get("model_family") or Path(family).stem)
 
 
-def _version(package: str) -> Optional[str]:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _prefopt_version() -> str:
-    import prefopt
-
-    return _version("prefopt") or prefopt.__version__
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def _evaluator() -> dict[str, Optional[str]]:
+    return package_versions(("prefopt", "alpaca_eval"))
 
 
 def _finite(obj: Any) -> Any:
@@ -202,7 +193,7 @@ def generate_answers(
     chosen = sample.resolve_backend(backend, str(model_path))
     tokenizer = sample.load_tokenizer(str(model_path))
     model = str(model_path) if chosen == "vllm" else sample.load_model(str(model_path))
-    started, t0 = _now(), time.time()
+    record, t0 = StageRecord(answers_meta_path(answers_path(out_dir, benchmark)), "bench-generate"), time.time()
 
     def run(prompts: list, temperature: float) -> list[str]:
         texts = sample.generate(model, tokenizer, prompts, k=1, seed=seed, batch_size=batch_size, backend=chosen,
@@ -253,12 +244,9 @@ def generate_answers(
         "counts": counts,
         "data": data_files,
         "answers": str(out),
-        "prefopt": _prefopt_version(),
-        "started": started,
-        "finished": _now(),
         "seconds": round(time.time() - t0, 3),
     }
-    write_json(answers_meta_path(out), meta)
+    record.finish(**meta)
     logger.info("%s: %d answers of %s -> %s", benchmark, counts["answers"], model_name, out)
     return out
 
@@ -361,6 +349,7 @@ def score_answers(
     if not answers.is_file():
         raise BenchDataError(f"no answers file at {answers}: run `prefopt bench-generate` first")
     out_path = Path(out_path)
+    record = StageRecord(meta_path(out_path), "bench-score")
     generation = _generation_record(answers)
     if client is None:
         from prefopt.judges import JudgeClient
@@ -386,12 +375,13 @@ def score_answers(
         "judge": client.model,
         "template_sha256": sha,
         "baseline": base,
-        "evaluator": {"prefopt": _prefopt_version(), "alpaca_eval": _version("alpaca_eval")},
+        "evaluator": _evaluator(),
         "generation": generation,
         "answers": str(answers),
-        "created": _now(),
+        "created": utc_now(),
     })
     write_json(out_path, result)
+    record.finish(benchmark=benchmark, model=model_name, answers=str(answers), judge=client.model, result=str(out_path))
     return result
 
 

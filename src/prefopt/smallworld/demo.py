@@ -3,7 +3,9 @@
 world (tokenizer, tiny GPT-NeoX, prompts, SFT data) → SFT → sample K = 4 completions per prompt → label by the hidden
 reward (rw) and by a noisy Bradley–Terry draw (pref) → train every method from the SFT model → sample from each policy
 on held-out prompts → hidden-reward judge (win rate against SFT and against the dataset's chosen response, both
-orders), mean hidden reward and KL to the reference → table, metrics and figures.
+orders, through :func:`prefopt.evaluation.judge_win_rate` like the paper's judge stage), mean hidden reward and KL to
+the reference → table and metrics. Drawing the figures is the caller's (``prefopt demo`` calls
+:func:`prefopt.plots.draw_demo_figures` on the run folders); nothing here draws.
 
 Every stage writes its outputs and then a ``stage.json`` holding the hash of everything it depends on (settings and
 the upstream stages' hashes), written atomically last: a rerun skips a stage whose ``stage.json`` matches, and
@@ -15,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,13 +24,14 @@ from typing import Any, Optional, Sequence
 
 from tqdm.auto import tqdm
 
+from prefopt.evaluation import judge_win_rate
 from prefopt.io import read_jsonl, write_json, write_jsonl
+from prefopt.runs import utc_now
 from prefopt.smallworld.world import HiddenRewardJudge, SmallWorld, WorldConfig
-from prefopt.winrate import judge_both_orders, mean_and_ci, win_rate
+from prefopt.winrate import mean_and_ci
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 #: Part of every stage key: bump it when a stage's code changes what it writes, so old outputs are not reused.
 PIPELINE_VERSION = 2
 
@@ -41,6 +42,7 @@ class Method:
     data: str  # "pref" (noisy pairs), "rw" (K candidates with hidden-reward scores)
     loss: dict
     train: dict = field(default_factory=dict)
+    margins: dict = field(default_factory=dict)  # the γ-PO margins section (tau, ...) of the config
 
 
 #: The methods of the demo, in table order. Hyper-parameters were picked for this tiny world (see the README).
@@ -61,10 +63,10 @@ METHODS: dict[str, Method] = {
                             {"name": "fpo", "divergence": "hellinger", "beta_pi": 0.35, "beta_r": 0.1}),
     "alphapo": Method("α-PO α=0.99 (ref-free)", "pref",
                       {"name": "alphapo", "alpha": 0.99, "beta": 2.0, "gamma_beta_ratio": 0.5}),
-    "gamma_simpo": Method("γ-SimPO", "pref", {"name": "gamma_simpo", "beta": 2.0, "gamma_beta_ratio": 0.5,
-                                              "margin_tau": 2.0}),
-    "gamma_dpo": Method("γ-DPO", "pref", {"name": "gamma_dpo", "beta": 0.1, "gamma_beta_ratio": 10.0,
-                                          "margin_tau": 2.0}),
+    "gamma_simpo": Method("γ-SimPO", "pref", {"name": "gamma_simpo", "beta": 2.0, "gamma_beta_ratio": 0.5},
+                          margins={"tau": 2.0}),
+    "gamma_dpo": Method("γ-DPO", "pref", {"name": "gamma_dpo", "beta": 0.1, "gamma_beta_ratio": 10.0},
+                        margins={"tau": 2.0}),
 }
 
 
@@ -114,7 +116,7 @@ def _stage_done(folder: Path, key: str) -> bool:
 
 
 def _mark_done(folder: Path, key: str, **info) -> None:
-    write_json(folder / "stage.json", {"key": key, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info})
+    write_json(folder / "stage.json", {"key": key, "finished": utc_now(), **info})
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -210,7 +212,8 @@ class Pipeline:
         if _stage_done(folder, key):
             return key
         data = self.labelled / "data" / f"{method.data}_train.jsonl"
-        self._train(folder, self.shared / "runs" / "sft" / "final", data, method.loss, dict(train, run_name=name))
+        self._train(folder, self.shared / "runs" / "sft" / "final", data, method.loss, dict(train, run_name=name),
+                    margins=method.margins)
         _mark_done(folder, key)
         return key
 
@@ -243,12 +246,12 @@ class Pipeline:
         sft_samples = {r["id"]: r["completions"] for r in read_jsonl(self.shared / "runs" / "sft" / "samples_test.jsonl")} \
             if name != "sft" else {p["id"]: cs for p, cs in zip(prompts, completions)}
         chosen = {json.dumps(r["prompt"]): r["chosen"] for r in read_jsonl(self.labelled / "data" / "pref_test.jsonl")}
-        vs_sft, vs_chosen = [], []
+        vs_sft, vs_chosen = [], []  # (prompt, policy response, baseline response) triples, judged in both orders
         for p, cs in zip(prompts, completions):
             for j, completion in enumerate(cs):
-                vs_sft.append(judge_both_orders(judge, p["prompt"], completion, sft_samples[p["id"]][j]))
+                vs_sft.append((p["prompt"], completion, sft_samples[p["id"]][j]))
                 if json.dumps(p["prompt"]) in chosen:
-                    vs_chosen.append(judge_both_orders(judge, p["prompt"], completion, chosen[json.dumps(p["prompt"])]))
+                    vs_chosen.append((p["prompt"], completion, chosen[json.dumps(p["prompt"])]))
         mean_reward, reward_ci = mean_and_ci(rewards)
         kl, kl_ci = mean_and_ci(kl_values)
         return {
@@ -256,13 +259,14 @@ class Pipeline:
             "mean_hidden_reward": mean_reward, "mean_hidden_reward_ci": list(reward_ci),
             "kl_to_reference": kl, "kl_to_reference_ci": list(kl_ci),
             "mean_length": sum(lengths) / len(lengths),
-            "win_rate_vs_sft": win_rate(vs_sft, seed=self.s.seed).to_dict(),
-            "win_rate_vs_chosen": win_rate(vs_chosen, seed=self.s.seed).to_dict(),
+            "win_rate_vs_sft": judge_win_rate(judge, vs_sft, seed=self.s.seed, progress=False)[1].to_dict(),
+            "win_rate_vs_chosen": judge_win_rate(judge, vs_chosen, seed=self.s.seed, progress=False)[1].to_dict(),
             "judge": judge.name, "noise": self.s.noise, "seed": self.s.seed,
         }
 
     # -- helpers --------------------------------------------------------------------------------------------------
-    def _train(self, folder: Path, model: Path, data: Path, loss: dict, train: dict, data_format: str = "auto"):
+    def _train(self, folder: Path, model: Path, data: Path, loss: dict, train: dict, data_format: str = "auto",
+               margins: Optional[dict] = None):
         from prefopt.config import load_config
         from prefopt.train import run_training
 
@@ -271,6 +275,7 @@ class Pipeline:
             "model": {"name_or_path": str(model), "dtype": "float32"},
             "data": {"train": str(data), "format": data_format, "max_length": 64, "max_prompt_length": 32},
             "loss": loss,
+            **({"margins": margins} if margins else {}),
             "train": {"output_dir": str(folder), "seed": s.seed, "per_device_train_batch_size": s.batch_size,
                       "logging_steps": 1, "report_to": ["none"], "overwrite": True, "use_cpu": True, "quiet": True,
                       "lr_scheduler_type": "cosine", **train},
@@ -322,7 +327,7 @@ class Pipeline:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Table and figures
+# Table
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -360,36 +365,9 @@ def render_table(results: dict[str, dict], settings: DemoSettings, label_stats: 
     return "\n".join(lines) + "\n"
 
 
-MARGIN_FIGURE_METHODS = ("dpo", "simpo", "gamma_simpo", "gamma_dpo")
-
-
-def draw_figures(out: Path, run_dirs: Sequence[Path]) -> list[Path]:
-    """Calls the plotting scripts of figures/ on the run folders (they read nothing else)."""
-    scripts = {"margins.png": "margin_distribution.py", "frontier.png": "frontier.py", "curves.png": "curves.py",
-               "winrates.png": "winrates.py"}
-    figures_dir = out / "figures"
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    drawn = []
-    for png, script in scripts.items():
-        path = REPO_ROOT / "figures" / script
-        if not path.is_file():
-            logger.warning("figures/%s not found (installed package without the repository?): %s not drawn", script, png)
-            continue
-        runs, extra = list(run_dirs), []
-        if png == "margins.png":  # the γ-PO story: dynamic margins against SimPO's constant one and DPO's none
-            runs = [d for d in run_dirs if d.name in MARGIN_FIGURE_METHODS] or [d for d in run_dirs if d.name != "sft"]
-        if png == "curves.png":  # preference runs only (SFT's many steps would squash their axis), smoothed
-            runs, extra = [d for d in run_dirs if d.name != "sft"], ["--smooth", "5"]
-        result = subprocess.run([sys.executable, str(path), *map(str, runs), "--out", str(figures_dir / png), *extra],
-                                capture_output=True, text=True)
-        if result.returncode != 0:
-            logger.warning("figures/%s failed: %s", script, result.stderr.strip().splitlines()[-1:] or "")
-            continue
-        drawn.append(figures_dir / png)
-    return drawn
-
-
-def run_demo(settings: DemoSettings, *, figures: bool = True, progress: bool = True) -> dict:
+def run_demo(settings: DemoSettings, *, progress: bool = True) -> dict:
+    """Every stage of the demo (each skipped when done), then ``table.md`` and ``metrics.json`` in ``settings.out``;
+    returns the metrics. The figures are drawn by the caller from ``<out>/runs`` (:func:`prefopt.plots`)."""
     started = time.time()
     out = Path(settings.out)
     pipeline = Pipeline(settings)
@@ -400,8 +378,6 @@ def run_demo(settings: DemoSettings, *, figures: bool = True, progress: bool = T
     metrics = {"settings": asdict(settings), "results": results, "label_stats": label_stats,
                "timings_seconds": pipeline.timings, "wall_seconds": time.time() - started}
     write_json(out / "metrics.json", metrics)
-    if figures:
-        metrics["figures"] = [str(p) for p in draw_figures(out, [out / "runs" / n for n in results])]
     return metrics
 
 
@@ -419,10 +395,10 @@ def run_noise_sweep(
     seeds: Sequence[int] = (0, 1, 2),
     methods: Sequence[str] = NOISE_METHODS,
     base: Optional[DemoSettings] = None,
-    figures: bool = True,
     progress: bool = True,
 ) -> dict:
-    """Every (seed, noise level, method): SFT and samples are shared per seed, labels and runs per noise level."""
+    """Every (seed, noise level, method): SFT and samples are shared per seed, labels and runs per noise level.
+    Writes ``table.md`` and ``metrics.json``; the figure is the caller's (:func:`prefopt.plots.draw_noise_sweep`)."""
     started = time.time()
     out = Path(out)
     base = base or DemoSettings()
@@ -440,10 +416,6 @@ def run_noise_sweep(
     summary = {"rows": rows, "noise_levels": list(noise_levels), "seeds": list(seeds), "methods": list(methods),
                "wall_seconds": time.time() - started}
     write_json(out / "metrics.json", summary)
-    if figures:
-        script = REPO_ROOT / "figures" / "noise_sweep.py"
-        if script.is_file():
-            subprocess.run([sys.executable, str(script), str(out), "--out", str(out / "noise.png")], check=False)
     return summary
 
 

@@ -1,13 +1,8 @@
-"""LLM judges behind one OpenAI-compatible client, with an on-disk cache and our own retries (SPEC §7 "Judges", §6.1
-step 6).
+"""The one OpenAI-compatible judge client, with an on-disk cache and our own retries (SPEC §7 "Judges").
 
 SPEC §7: every judge call goes through one OpenAI-compatible client (base URL + model name + key from the environment),
 so GPT-4, a local vLLM server or any compatible endpoint works; judgements are cached on disk keyed by (judge, prompt
-template, inputs), retried with back-off, and a rerun never pays twice. SPEC §6.1 step 6: the HH / TL;DR pairwise
-judge at temperature 0, each pair judged in both orders (see :mod:`prefopt.winrate`). SPEC §8: the small world's
-:class:`~prefopt.smallworld.world.HiddenRewardJudge` and :class:`PairwiseLLMJudge` share one interface,
-``compare(prompt, response_a, response_b) -> "A" | "B" | "tie" | "invalid"`` plus a ``name``, so the same win-rate
-code serves both.
+template, inputs), retried with back-off, and a rerun never pays twice.
 
 Configuration (explicit arguments win over the environment):
 
@@ -34,7 +29,11 @@ Retries are ours (the transport never retries): timeouts, connection errors, HTT
 that is not a chat-completions JSON object are retried up to ``max_retries`` times with exponential back-off and
 jitter, ``min(backoff_max, backoff_base * 2**attempt) * U(0.5, 1)``; a ``retry-after-ms`` or ``Retry-After``
 (seconds or HTTP date) header replaces that delay (capped at ``retry_after_max``). Any other non-2xx status raises
-:class:`JudgeError` at once.
+:class:`~prefopt.errors.JudgeError` at once.
+
+:func:`_run_pool`, the thread pool behind :meth:`JudgeClient.complete_many`, also serves
+:func:`prefopt.judges.pairwise.judge_many` and Arena-Hard's judge; it lives here so that the client needs nothing
+from the pairwise protocol.
 """
 
 from __future__ import annotations
@@ -45,17 +44,15 @@ import json
 import logging
 import os
 import random
-import re
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from prefopt.winrate import VERDICTS, PairwiseJudge, outcome
+from prefopt.errors import JudgeError
 
 logger = logging.getLogger(__name__)
 
@@ -68,16 +65,8 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_CACHE_DIR = Path("~/.cache/prefopt/judge")
 CACHE_VERSION = 1
 
-# The repository's judge templates (SPEC §6.1 step 6). A template name resolves here; a path works from anywhere.
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "eval" / "templates"
-TEMPLATE_FIELDS = ("prompt", "response_a", "response_b")
-
 _RETRY_STATUS = frozenset({408, 429})
 _REDACTED = "[REDACTED]"
-
-
-class JudgeError(RuntimeError):
-    """A judge call failed for good: a non-retryable status, or retries exhausted (SPEC §7). Never carries the key."""
 
 
 def _env(name: str) -> str | None:
@@ -436,161 +425,3 @@ def _run_pool(calls: Sequence[Callable[[], Any]], *, workers: int, progress: boo
             raise JudgeError(message) from None
         raise JudgeError(message) from first
     return results
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Pairwise templates and the LLM judge
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JudgeTemplate:
-    """A pairwise judge template (``eval/templates/*.txt``, documented in ``eval/templates/README.md``).
-
-    The file starts with a header block of lines beginning with ``#`` (not sent to the judge) that states the fields
-    and the answer format and declares the answer label with a line ``# answer-label: <Label>``; the rest is the
-    body, with the fields ``{prompt}``, ``{response_a}``, ``{response_b}``. ``sha256`` is the hash of the whole file
-    text: editing any part of a template invalidates its cache entries (SPEC §7).
-    """
-
-    name: str
-    body: str
-    answer_label: str
-    sha256: str
-    path: Path
-
-    @classmethod
-    def load(cls, name_or_path: str | os.PathLike, *, fields: Sequence[str] = TEMPLATE_FIELDS) -> "JudgeTemplate":
-        """A template by name (``eval/templates/<name>.txt``) or path; ``fields`` are the placeholders its body must
-        hold (the pairwise judges' by default; Arena-Hard's template has its own)."""
-        path = Path(name_or_path)
-        if not path.is_file():
-            candidate = TEMPLATE_DIR / f"{name_or_path}.txt"
-            if not candidate.is_file():
-                raise FileNotFoundError(f"no judge template {str(name_or_path)!r} (looked for {path} and {candidate})")
-            path = candidate
-        text = path.read_text(encoding="utf-8")
-        lines = text.splitlines()
-        header_end = 0
-        while header_end < len(lines) and lines[header_end].startswith("#"):
-            header_end += 1
-        label = None
-        for line in lines[:header_end]:
-            m = re.match(r"#\s*answer-label\s*:\s*(\S.*?)\s*$", line, flags=re.IGNORECASE)
-            if m:
-                label = m.group(1)
-        if not label:
-            raise ValueError(f"judge template {path} declares no '# answer-label: <Label>' header line")
-        body = "\n".join(lines[header_end:]).strip("\n")
-        for field in fields:
-            if "{" + field + "}" not in body:
-                raise ValueError(f"judge template {path} lacks the field {{{field}}}")
-        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-        return cls(name=path.stem, body=body, answer_label=label, sha256=digest, path=path)
-
-    def render(self, prompt: str, response_a: str, response_b: str) -> str:
-        """The body with its fields filled in one pass (text inside a response is never substituted again)."""
-        values = {"prompt": prompt, "response_a": response_a, "response_b": response_b}
-        return re.sub(r"\{(prompt|response_a|response_b)\}", lambda m: values[m.group(1)], self.body)
-
-    def parse(self, answer: str) -> str:
-        """The verdict on the answer's last non-blank line, which must be exactly ``<Label>: A``, ``<Label>: B`` or
-        ``<Label>: tie`` (case-insensitive, whitespace tolerant); anything else is ``"invalid"``."""
-        lines = answer.strip().splitlines()
-        if not lines:
-            return "invalid"
-        pattern = rf"\s*{re.escape(self.answer_label)}\s*:\s*(A|B|tie)\s*"
-        m = re.fullmatch(pattern, lines[-1], flags=re.IGNORECASE)
-        if not m:
-            return "invalid"
-        verdict = m.group(1)
-        return "tie" if verdict.lower() == "tie" else verdict.upper()
-
-
-_ROLE_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}
-
-
-def format_chat_prompt(messages: Sequence[Mapping[str, str]]) -> str:
-    """A chat prompt as text for a judge template: one ``Human: …`` / ``Assistant: …`` / ``System: …`` paragraph
-    per message (the HH layout of SPEC §6.1 step 1, without the trailing ``Assistant:``)."""
-    if isinstance(messages, (str, bytes)) or not all(isinstance(m, Mapping) for m in messages):
-        raise TypeError("a chat prompt is a sequence of {'role', 'content'} messages")
-    try:
-        return "\n\n".join(f"{_ROLE_NAMES.get(m['role'], str(m['role']).title())}: {m['content']}" for m in messages)
-    except KeyError as exc:
-        raise TypeError(f"chat message without {exc}") from None
-
-
-class PairwiseLLMJudge:
-    """A pairwise judge that asks an LLM through :class:`JudgeClient` (SPEC §6.1 step 6, §7).
-
-    ``compare(prompt, response_a, response_b)`` renders the template into one user message, asks at temperature 0
-    and parses the verdict strictly from the template's answer line: ``"A"``, ``"B"``, ``"tie"``, or ``"invalid"``
-    for anything else (logged at debug with the answer's first characters). Endpoint failures raise
-    :class:`JudgeError` rather than counting as a verdict. Same interface as ``HiddenRewardJudge`` (SPEC §8).
-    """
-
-    def __init__(self, client: JudgeClient, template: str | os.PathLike | JudgeTemplate, *, max_tokens: int = 256,
-                 name: str | None = None):
-        self.client = client
-        self.template = template if isinstance(template, JudgeTemplate) else JudgeTemplate.load(template)
-        self.max_tokens = max_tokens
-        self.name = name or f"{client.model}/{self.template.name}"
-
-    def messages(self, prompt: str | Sequence[Mapping[str, str]], response_a: str, response_b: str) -> list[dict]:
-        """The one user message sent for this comparison. A chat prompt (a list of ``{"role", "content"}``
-        messages, as in the small world) is written out as ``Human: …`` / ``Assistant: …`` turns."""
-        if not isinstance(prompt, str):
-            prompt = format_chat_prompt(prompt)
-        for value, what in ((response_a, "response_a"), (response_b, "response_b")):
-            if not isinstance(value, str):
-                raise TypeError(f"{what} must be a str, got {type(value).__name__}")
-        return [{"role": "user", "content": self.template.render(prompt, response_a, response_b)}]
-
-    def compare(self, prompt: str, response_a: str, response_b: str) -> str:
-        result = self.client.complete(
-            self.messages(prompt, response_a, response_b),
-            temperature=0.0,
-            max_tokens=self.max_tokens,
-            template_id=(self.template.name, self.template.sha256),
-        )
-        verdict = self.template.parse(result["content"])
-        if verdict == "invalid":
-            logger.debug("judge %s: unparseable verdict, answer starts %r", self.name, result["content"][:80])
-        return verdict
-
-
-def judge_many(
-    judge: PairwiseJudge,
-    comparisons: Sequence[tuple[Any, str, str]],
-    *,
-    workers: int = 8,
-    progress: bool = True,
-) -> list[str]:
-    """``judge.compare`` over (prompt, response_a, response_b) triples in a thread pool; verdicts in input order.
-
-    With a :class:`PairwiseLLMJudge` each judgement is cached as soon as it returns, so a batch that fails part-way
-    (a :class:`JudgeError` after all other calls have run) resumes on a rerun without paying for what finished."""
-    verdicts = _run_pool([lambda c=c: judge.compare(*c) for c in comparisons], workers=workers, progress=progress,
-                         desc=getattr(judge, "name", "judge"))
-    for v in verdicts:
-        if v not in VERDICTS:
-            raise ValueError(f"judge {getattr(judge, 'name', judge)!r} returned {v!r}, not one of {VERDICTS}")
-    return verdicts
-
-
-def judge_both_orders_many(
-    judge: PairwiseJudge,
-    pairs: Sequence[tuple[Any, str, str]],
-    *,
-    workers: int = 8,
-    progress: bool = True,
-) -> list[list[str]]:
-    """Concurrent :func:`prefopt.winrate.judge_both_orders` over (prompt, policy response, baseline response)
-    triples: per pair, the policy's outcomes with the policy shown first, then second (SPEC §6.1 step 6). Feed the
-    result to :func:`prefopt.winrate.win_rate`."""
-    comparisons = []
-    for prompt, policy, baseline in pairs:
-        comparisons += [(prompt, policy, baseline), (prompt, baseline, policy)]
-    verdicts = judge_many(judge, comparisons, workers=workers, progress=progress)
-    return [[outcome(verdicts[2 * i], "A"), outcome(verdicts[2 * i + 1], "B")] for i in range(len(pairs))]

@@ -1,8 +1,9 @@
-"""Shared helpers of the figure scripts: run-folder discovery, tolerant readers, the method palette, saving.
+"""Shared helpers of the figures: run-folder discovery, tolerant readers, the method palette, saving, and the
+command-line helpers of the ``figures/*.py`` wrappers.
 
 Everything here reads run folders only (``results/<experiment>/runs/<run>/``: metrics.jsonl, margins.jsonl,
-eval.json, config.yaml, run_info.json). Nothing imports ``prefopt``: the figures are drawn from files, so they
-work on results copied from another machine.
+eval.json, config.yaml, run_info.json): the figures are drawn from files, so they work on results copied from
+another machine. matplotlib and seaborn are imported only when a figure is built.
 
 Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot state), so building them is headless and
 side-effect free: importing these modules in a notebook does not change its backend or its rcParams.
@@ -16,11 +17,10 @@ import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
-import matplotlib
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+if TYPE_CHECKING:  # matplotlib is imported only when a figure is built
+    from matplotlib.figure import Figure
 
 # Files `prefopt train` and the demo's evaluation write into a run folder (README: "The run folder"; eval.json:
 # prefopt.smallworld.demo.Pipeline._evaluate).
@@ -113,6 +113,7 @@ def method_color(name: str | None) -> str:
 def family_legend_handles(families: Iterable[str], *, markers: bool = False) -> list:
     """Proxy legend entries, one per family present, in the fixed family order."""
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     present = [f for f in FAMILY_ORDER if f in set(families)]
     reps = {f: next((m for m, fam in METHOD_FAMILY.items() if fam == f), None) for f in present}
@@ -249,6 +250,7 @@ def target_margin(run_dir: Path) -> float | None:
 @contextmanager
 def style() -> Iterator[None]:
     """seaborn's whitegrid look with readable font sizes, applied only while a figure is built."""
+    import matplotlib
     import seaborn as sns
 
     rc = dict(sns.axes_style("whitegrid"))
@@ -264,6 +266,8 @@ def style() -> Iterator[None]:
 
 def new_figure(width: float, height: float) -> Figure:
     """A pyplot-free figure with constrained (tight) layout."""
+    from matplotlib.figure import Figure
+
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 

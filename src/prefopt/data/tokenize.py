@@ -1,0 +1,260 @@
+"""Tokenisation of preference records exactly as training sees them (SPEC §1, §6.2, §6.3).
+
+Chat prompts go through the tokenizer's own template, text prompts get the response plus EOS, and every prompt gets
+exactly one leading BOS where the tokenizer uses one (:class:`_BosPolicy`: Llama-3's double BOS, Qwen2.5's missing
+BOS). :func:`encode_prompts` gives the prompt ids the sampling stage feeds the model, :func:`tokenize_records` and
+:func:`tokenize_completions` the features :class:`prefopt.data.collate.PreferenceCollator` batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from prefopt.data.formats import Messages, PreferenceRecord, Prompt
+from prefopt.data.readers import _quote_bad, _short_cause
+from prefopt.errors import DataError
+
+logger = logging.getLogger(__package__)
+
+
+@dataclass
+class TokenizeReport:
+    """What :func:`tokenize_records` cut and dropped.
+
+    ``n_prompt_truncated`` counts records whose prompt was cut, ``n_completion_truncated`` counts completions (over
+    all K of every record) that were cut, ``dropped`` holds ``(record index, reason)``. ``bos_policy`` says how the
+    leading BOS was handled: ``prepend`` (the tokenizer adds one: exactly one), ``keep`` (it does not: keep the
+    template's, without duplicates) or ``none`` (no BOS token).
+    """
+
+    n_records: int = 0
+    n_kept: int = 0
+    n_prompt_truncated: int = 0
+    n_completion_truncated: int = 0
+    n_dropped: int = 0
+    dropped: list[tuple[int, str]] = field(default_factory=list)
+    bos_policy: str = ""
+
+    def drop(self, index: int, reason: str) -> None:
+        self.dropped.append((index, reason))
+        self.n_dropped = len(self.dropped)
+
+    def summary(self) -> str:
+        """One line for the run log (SPEC §9)."""
+        text = (
+            f"tokenised {self.n_kept} of {self.n_records} records (BOS: {self.bos_policy}); "
+            f"{self.n_prompt_truncated} prompts cut on the left, {self.n_completion_truncated} completions cut on "
+            f"the right, {self.n_dropped} records dropped"
+        )
+        if self.dropped:
+            text += f" ({_quote_bad(self.dropped, label='record')})"
+        return text
+
+
+
+def _tokenizer_name(tokenizer) -> str:
+    return getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+
+
+@dataclass(frozen=True)
+class _BosPolicy:
+    """Exactly one leading BOS where the model expects one (SPEC §6.2 Llama-3 trap, §6.3 Qwen2.5 has none)."""
+
+    bos_id: Optional[int]
+    prepend: bool
+
+    @classmethod
+    def of(cls, tokenizer) -> "_BosPolicy":
+        bos_id = tokenizer.bos_token_id
+        if bos_id is None:
+            return cls(None, False)
+        probe = tokenizer("a", add_special_tokens=True).input_ids
+        return cls(bos_id, bool(probe) and probe[0] == bos_id)
+
+    @property
+    def name(self) -> str:
+        return "none" if self.bos_id is None else ("prepend" if self.prepend else "keep")
+
+    def apply(self, ids: list[int]) -> list[int]:
+        if self.bos_id is None:
+            return ids
+        start = 0
+        while start + 1 < len(ids) and ids[start] == ids[start + 1] == self.bos_id:
+            start += 1
+        ids = ids[start:]
+        if self.prepend and ids[:1] != [self.bos_id]:
+            ids = [self.bos_id, *ids]
+        return ids
+
+
+def _render_chat(tokenizer, messages: Messages, label: str, **kwargs) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+    except Exception as err:  # jinja raises for roles a template refuses (e.g. Gemma-2 and "system")
+        name = _tokenizer_name(tokenizer)
+        raise DataError(f"{label}: the chat template of {name} failed: {_short_cause(err)}") from err
+
+
+def _render_prompt(tokenizer, prompt: Prompt, label: str) -> str:
+    """The prompt text a model sees: text as it is, chat messages through the template with the generation prompt."""
+    if isinstance(prompt, str):
+        return prompt
+    return _render_chat(tokenizer, prompt, label, add_generation_prompt=True)
+
+
+def _render(record: PreferenceRecord, tokenizer) -> tuple[str, list[str]]:
+    """Prompt text and completion texts; chat completions are the text the template adds for the assistant turn."""
+    if isinstance(record.prompt, str):
+        return record.prompt, list(record.completions)
+    prompt_text = _render_prompt(tokenizer, record.prompt, f"record {record.id}")
+    completions = []
+    for completion in record.completions:
+        full = _render_chat(tokenizer, [*record.prompt, {"role": "assistant", "content": completion}],
+                            f"record {record.id}")
+        if not full.startswith(prompt_text):
+            raise DataError(
+                f"record {record.id}: the chat template of {_tokenizer_name(tokenizer)} does not render the prompt as "
+                "a prefix of prompt + response, so the response cannot be cut out; fix model.chat_template"
+            )
+        completions.append(full[len(prompt_text):])
+    return prompt_text, completions
+
+
+def _check_chat_template(prompts: Sequence[Prompt], tokenizer) -> None:
+    if any(not isinstance(prompt, str) for prompt in prompts) and not getattr(tokenizer, "chat_template", None):
+        raise DataError(
+            f"tokenizer {_tokenizer_name(tokenizer)} has no chat template; use text prompts or a tokenizer with one"
+        )
+
+
+def _check_tokenizer(records: Sequence[PreferenceRecord], tokenizer) -> None:
+    _check_chat_template([r.prompt for r in records], tokenizer)
+    if any(isinstance(r.prompt, str) for r in records) and tokenizer.eos_token_id is None:
+        raise DataError(
+            f"tokenizer {_tokenizer_name(tokenizer)} has no EOS token, which text prompts append to responses; set one"
+        )
+
+
+def _check_lengths(max_length: int, max_prompt_length: int) -> None:
+    for key, value in (("max_length", max_length), ("max_prompt_length", max_prompt_length)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DataError(f"{key} must be an integer >= 1, got {value!r}")
+    if max_prompt_length >= max_length:
+        raise DataError(
+            f"max_prompt_length ({max_prompt_length}) must be < max_length ({max_length}) so every response keeps a token"
+        )
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    return list(tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else []
+
+
+def _encode_prompt_texts(tokenizer, texts: list[str], bos: _BosPolicy) -> list[list[int]]:
+    """Token ids of rendered prompts with exactly one leading BOS where the model wants one: the single place where
+    prompt ids are made, for training (:func:`tokenize_records`) and sampling (:func:`encode_prompts`) alike."""
+    return [bos.apply(list(ids)) for ids in _encode(tokenizer, texts)]
+
+
+def encode_prompts(prompts: Sequence[Prompt], tokenizer) -> list[list[int]]:
+    """Token ids of each prompt exactly as :func:`tokenize_records` builds ``prompt_ids`` (before truncation).
+
+    Text prompts are encoded as they are, chat prompts rendered by the tokenizer's template with the generation
+    prompt (SPEC §6.3), both with exactly one leading BOS where the tokenizer uses one (SPEC §6.2 / §6.3 BOS traps);
+    the sampling stage feeds these ids to the model (SPEC §6.1 step 4).
+    """
+    _check_chat_template(prompts, tokenizer)
+    texts = [_render_prompt(tokenizer, prompt, f"prompt {i}") for i, prompt in enumerate(prompts)]
+    return _encode_prompt_texts(tokenizer, texts, _BosPolicy.of(tokenizer))
+
+
+def _encode_all(
+    records: Sequence[PreferenceRecord], tokenizer, bos: _BosPolicy
+) -> list[tuple[list[int], list[list[int]]]]:
+    """Token ids of every prompt and completion, in two batched tokenizer calls (fast tokenizers batch in Rust)."""
+    rendered = [_render(record, tokenizer) for record in records]
+    prompts = _encode_prompt_texts(tokenizer, [prompt for prompt, _ in rendered], bos)
+    flat = _encode(tokenizer, [c for _, completions in rendered for c in completions])
+    out, position = [], 0
+    for record, prompt_ids, (_, completions) in zip(records, prompts, rendered):
+        ids = [list(c) for c in flat[position : position + len(completions)]]
+        if isinstance(record.prompt, str):  # SPEC §1: EOS is part of the scored response
+            ids = [c + [tokenizer.eos_token_id] for c in ids]
+        out.append((list(prompt_ids), ids))
+        position += len(completions)
+    return out
+
+
+def _truncate_prompt(ids: list[int], max_prompt_length: int, bos_id: Optional[int]) -> list[int]:
+    """Keep the prompt's end (the question and assistant cue sit there) and its leading BOS."""
+    if len(ids) <= max_prompt_length:
+        return ids
+    if bos_id is not None and ids[0] == bos_id:
+        return [bos_id, *ids[len(ids) - (max_prompt_length - 1):]]
+    return ids[len(ids) - max_prompt_length:]
+
+
+def _pack(index, record, prompt_ids, completion_ids, *, max_length, max_prompt_length, bos, report):
+    """One tokenised feature, or None (and a report entry) when the record cannot be scored."""
+    if any(not c for c in completion_ids):
+        report.drop(index, "a completion is empty after tokenisation")
+        return None
+    truncated = _truncate_prompt(prompt_ids, max_prompt_length, bos.bos_id)
+    report.n_prompt_truncated += len(truncated) < len(prompt_ids)
+    if not truncated:
+        report.drop(index, "empty prompt after tokenisation (the first response token would have no context)")
+        return None
+    room = max_length - len(truncated)
+    report.n_completion_truncated += sum(len(c) > room for c in completion_ids)
+    return {"index": index, "id": record.id, "prompt_ids": truncated,
+            "completion_ids": [c[:room] for c in completion_ids], "rewards": [float(r) for r in record.rewards]}
+
+
+def tokenize_completions(
+    prompts: Sequence[Prompt], completions: Sequence[Sequence[str]], tokenizer, *, max_length: int,
+    max_prompt_length: int,
+) -> list[dict]:
+    """Tokenise given (prompt, completions) exactly as training does, for scoring them under a model afterwards
+    (KL estimates, reward-model labels). Completions are used as they are — repeats and empty ones included, since
+    they are samples, not data to validate — and nothing may be dropped: a record that would be raises DataError."""
+    records = [
+        PreferenceRecord(id=str(i), prompt=prompt, completions=list(group), rewards=[0.0] * len(group))
+        for i, (prompt, group) in enumerate(zip(prompts, completions))
+    ]
+    examples, report = tokenize_records(records, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
+    if report.n_dropped:
+        raise DataError(f"{report.n_dropped} records could not be scored: {report.summary()}")
+    return examples
+
+
+def tokenize_records(
+    records: Sequence[PreferenceRecord], tokenizer, *, max_length: int, max_prompt_length: int
+) -> tuple[list[dict], TokenizeReport]:
+    """Token ids of each record: ``{index, id, prompt_ids, completion_ids (K lists), rewards}`` (K = 1 for SFT).
+
+    Chat prompts are rendered by the tokenizer's own template (SPEC §6.3: use the tokenizer's chat template) and the
+    response is the text the template adds for the assistant turn, end-of-turn tokens included; text prompts get
+    the response plus EOS (SPEC §1). Ids are built with ``add_special_tokens=False`` and then given exactly one
+    leading BOS where the tokenizer uses one (see :class:`_BosPolicy`). Prompts are cut on the left to
+    ``max_prompt_length`` (keeping BOS), responses on the right so prompt + response <= ``max_length``.
+    """
+    _check_lengths(max_length, max_prompt_length)
+    _check_tokenizer(records, tokenizer)
+    bos = _BosPolicy.of(tokenizer)
+    report = TokenizeReport(n_records=len(records), bos_policy=bos.name)
+    features = []
+    encoded = _encode_all(records, tokenizer, bos)
+    for index, (record, (prompt_ids, completion_ids)) in enumerate(zip(records, encoded)):
+        feature = _pack(index, record, prompt_ids, completion_ids, max_length=max_length,
+                        max_prompt_length=max_prompt_length, bos=bos, report=report)
+        if feature is not None:
+            features.append(feature)
+    report.n_kept = len(features)
+    if records and not features:
+        raise DataError(
+            f"all {len(records)} records were dropped during tokenisation "
+            f"({_quote_bad(report.dropped, 'record')}); check the data and the chat template"
+        )
+    logger.info(report.summary())
+    return features, report
