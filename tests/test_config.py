@@ -93,6 +93,10 @@ def test_overrides(tmp_path, overrides, check):
         ({"loss": {**BASE["loss"], "margin_tau": 1.0}}, [], r"loss\.margin_tau has moved: write margins\.tau"),
         ({"loss": {"name": "gamma_simpo", "beta": 2.0, "gamma_beta_ratio": 0.5}}, [], r"set margins\.tau"),
         ({}, ["--margins.tau", "1.0"], r"margins\.tau is set but loss 'simpo' has no dynamic margins"),
+        ({}, ["--max_grad_norm", "-1"], r"train\.max_grad_norm must be >= 0"),
+        ({}, ["--weight_decay", "-5"], r"train\.weight_decay must be >= 0"),
+        ({}, ["--run_name", "../../../x"], r"train\.run_name must be a plain folder name"),
+        ({}, ["--experiment", "/etc"], r"train\.experiment must be a plain folder name"),
     ],
 )
 def test_bad_input_gives_one_line_that_says_what_to_write(tmp_path, tree_patch, overrides, message):
@@ -176,3 +180,26 @@ def test_reward_model_config_has_no_loss_section(tmp_path):
         load_rm_config(None, [], base=BASE)
     save_config(rm, tmp_path / "rm.yaml")
     assert set(yaml.safe_load((tmp_path / "rm.yaml").read_text())) == {"model", "data", "train"}
+
+
+def test_every_float_form_is_a_number_everywhere(tmp_path):
+    # PyYAML (YAML 1.1) reads 1e-1 as a string; a loss hyper-parameter written so is the number all the same
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {name_or_path: m}\ndata: {train: t.jsonl}\nloss: {name: dpo, beta: 1e-1}\n"
+                    "train: {learning_rate: 5e-7, max_grad_norm: 1e0}\nmargins: {}\n")
+    config = load_config(path)
+    assert config.loss_hparams["beta"] == 0.1 and config.train.learning_rate == 5e-7 and config.train.max_grad_norm == 1
+    assert load_config(path, ["--loss.beta", "2E-1"]).loss_hparams["beta"] == 0.2
+    assert load_config(path, ["--beta", ".5"]).loss_hparams["beta"] == 0.5
+    path.write_text(path.read_text().replace("{name: dpo, beta: 1e-1}", "{name: fpo, beta_pi: 1e-1, divergence: js}"))
+    fpo = load_config(path)
+    assert fpo.loss_hparams["divergence"] == "js" and fpo.loss_hparams["beta_pi"] == 0.1  # names stay names
+
+
+def test_a_section_or_key_written_twice_is_refused(tmp_path):
+    for text, key in (("train: {seed: 1}\ntrain: {seed: 2}\n", "train"), ("train:\n  seed: 1\n  seed: 2\n", "seed")):
+        path = tmp_path / "dup.yaml"
+        path.write_text(yaml.safe_dump(BASE) + text)
+        with pytest.raises(ConfigError, match=rf"duplicate key '{key}'.*line \d+ and line \d+") as error:
+            load_config(path)
+        assert "\n" not in str(error.value)

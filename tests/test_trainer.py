@@ -236,6 +236,11 @@ def test_killed_run_resumes_to_the_same_weights_and_gamma_queue(world, tmp_path)
     assert queues[0]["queue"].numel() == 18 * 2
     assert torch.equal(queues[0]["queue"], queues[1]["queue"])
     assert torch.equal(queues[0]["generator_state"], queues[1]["generator_state"])
+    # metrics.json's train_loss is the whole run's mean, not that of the steps after resuming
+    means = [json.loads((tmp_path / run / "metrics.json").read_text())["train"]["train_loss"] for run in ("whole", "killed")]
+    logged = [row["loss"] for row in _jsonl(tmp_path / "whole" / "metrics.jsonl") if "loss" in row]  # every step
+    assert means[0] == pytest.approx(sum(logged) / len(logged), rel=1e-6)
+    assert means[1] == pytest.approx(means[0], rel=1e-6)
 
 
 def _run_cli_expecting_error(capsys, argv):
@@ -263,7 +268,7 @@ def test_bad_data_rows_are_reported_with_their_index(world, tmp_path, capsys):
     config.write_text("{}\n")
     err = _run_cli_expecting_error(capsys, ["train", str(config), *_cli(world, tmp_path / "r"),
                                             "--data.train", str(data)])
-    assert "row 3" in err and "row 6" in err and "max_bad_fraction" in err
+    assert "row 4" in err and "row 7" in err and "max_bad_fraction" in err  # 1-based, like line numbers
     assert not (tmp_path / "r" / "final").exists()
 
 

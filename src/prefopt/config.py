@@ -21,6 +21,7 @@ import difflib
 import enum
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -124,6 +125,9 @@ class TrainConfig(TrainingArguments):
                             default=False)
     quiet: bool = _help("no progress bar or log lines on the console (the run folder still gets every log)",
                         default=False)
+    allow_config_change: list = _help("on resume: config keys that may differ from the resumed run's (e.g. "
+                                      "train.learning_rate,loss.beta); any other change that alters the optimisation "
+                                      "is refused", default_factory=list)
     # TrainingArguments fields with prefopt defaults
     output_dir: Optional[str] = _help("explicit run folder (overrides results/<experiment>/<run_name>)", default=None)
     run_name: Optional[str] = _help("run folder name; null = the loss name", default=None)
@@ -227,6 +231,11 @@ class TrainConfig(TrainingArguments):
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        for key in ("experiment", "run_name"):  # results/<experiment>/<run_name> stays inside results/
+            value = getattr(self, key)
+            if value is not None and (value in ("", ".", "..") or "/" in value or "\\" in value):
+                raise ConfigError(f"train.{key} must be a plain folder name (no '/' or '..'), got {value!r}; write "
+                                  "train.output_dir for a run folder elsewhere")
         loggers = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
         valid = ["none", "all", *INTEGRATION_TO_CALLBACK]
         for name in loggers:
@@ -477,7 +486,19 @@ def _build_loss(values: dict) -> LossConfig:
         raise ConfigError(f"loss.params must be a mapping, got {params!r}")
     if "margin_tau" in values or "margin_tau" in params:
         raise ConfigError("loss.margin_tau has moved: write margins.tau (every γ-PO setting is in the margins section)")
-    return LossConfig(name=str(loss_name), params={**params, **values})
+    params = {key: _number_or_value(value) for key, value in {**params, **values}.items()}
+    return LossConfig(name=str(loss_name), params=params)
+
+
+#: A number as YAML 1.2 writes it; PyYAML (YAML 1.1) reads ``1e-1`` (no dot) as a string.
+_FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _number_or_value(value: Any) -> Any:
+    """A loss hyper-parameter as written: ``1e-1`` is the number 0.1, whatever the YAML reader made of it."""
+    if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
+        return float(value)
+    return value
 
 
 def _build_train(values: dict, kind: type, tree: dict) -> TrainConfig:
@@ -558,6 +579,21 @@ def parse_overrides(argv: Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key written twice in one mapping (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {seen[key]} and line {key_node.start_mark.line + 1}): "
+                    "the second would silently replace the first; merge them", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_tree(path: Optional[str | Path], base: Optional[dict], sections: dict[str, type]) -> dict:
     tree: dict = dict(base or {})
     if path is None:
@@ -566,7 +602,7 @@ def _read_tree(path: Optional[str | Path], base: Optional[dict], sections: dict[
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
     if loaded is not None and not isinstance(loaded, dict):

@@ -138,41 +138,186 @@ class StageRecord:
 RUN_OUTPUTS = ("metrics.jsonl", "margins.jsonl", "metrics.json", "final", "tensorboard")
 
 
-def latest_complete_checkpoint(output_dir: str | os.PathLike) -> Optional[str]:
-    """The highest ``checkpoint-N`` that was written to the end (``trainer_state.json`` is the last file the Trainer
-    writes), so a run killed in the middle of a save resumes from the previous, whole checkpoint."""
+#: The γ-PO margin state each rank writes into a checkpoint (the queue and its random generator, SPEC §5).
+MARGIN_STATE_FILE = "gamma_margins_rank{rank}.pt"
+#: Config keys that change no number of the optimisation: a resumed run may change them freely (logging, saving,
+#: evaluation, the run folder's name). Any other difference needs ``train.allow_config_change``.
+RESUME_FREE_KEYS = frozenset(
+    [f"train.{k}" for k in ("logging_steps", "logging_first_step", "report_to", "quiet", "save_steps", "save_strategy",
+                            "save_total_limit", "eval_steps", "eval_strategy", "per_device_eval_batch_size",
+                            "dataloader_num_workers", "resume_from_checkpoint", "overwrite", "margin_log_every",
+                            "save_final_model", "allow_config_change", "run_name", "output_dir", "experiment",
+                            "ref_cache_dir", "precompute_ref_logps", "logps_chunk_size")]
+    + ["data.eval", "data.eval_split", "data.eval_limit"]
+)
+
+
+def _safetensors_problem(path: Path) -> Optional[str]:
+    """Why a .safetensors file cannot be loaded (empty, truncated header), or None; reads only its header."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                return f"{path.name} is empty or truncated ({path.stat().st_size} bytes)"
+            size = int.from_bytes(head, "little")
+            header = handle.read(size)
+        if len(header) < size:
+            return f"{path.name} is truncated (its header is cut)"
+        json.loads(header)
+    except (OSError, ValueError) as error:
+        return f"{path.name} is unreadable ({type(error).__name__})"
+    return None
+
+
+def checkpoint_problem(checkpoint: str | os.PathLike, required: Sequence[str] = ()) -> Optional[str]:
+    """What makes a ``checkpoint-N`` folder unusable for resuming, or None when it is whole: ``trainer_state.json``
+    (the last file the Trainer writes) missing or unreadable, model weights missing, empty or truncated, or a file of
+    ``required`` (e.g. the γ-PO margin state of every rank) missing."""
+    folder = Path(checkpoint)
+    state = folder / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json: the run was interrupted while saving"
+    try:
+        int(json.loads(state.read_text())["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "trainer_state.json is truncated or not a Trainer state"
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights and not any(folder.glob("pytorch_model*.bin")) and not any(folder.glob("global_step*")):
+        return "no model weights (*.safetensors)"
+    for path in weights:
+        problem = _safetensors_problem(path)
+        if problem:
+            return problem
+    for name in required:
+        if not (folder / name).is_file():
+            return f"{name} is missing"
+    return None
+
+
+def latest_complete_checkpoint(output_dir: str | os.PathLike, required: Sequence[str] = ()) -> Optional[str]:
+    """The highest ``checkpoint-N`` that is whole (:func:`checkpoint_problem`), so a run killed in the middle of a
+    save, or a checkpoint damaged since, resumes from the newest usable one; each one skipped is logged with why."""
     checkpoints = sorted(
         (p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
         key=lambda p: int(p.name.split("-")[-1]),
     )
     for checkpoint in reversed(checkpoints):
-        if (checkpoint / "trainer_state.json").is_file():
+        problem = checkpoint_problem(checkpoint, required)
+        if problem is None:
             return str(checkpoint)
-        logger.warning("skipping %s: incomplete (no trainer_state.json), the run was interrupted while saving", checkpoint)
+        logger.warning("skipping %s: %s; trying the previous checkpoint", checkpoint, problem)
     return None
 
 
-def resolve_checkpoint(config) -> Optional[str]:
+def required_checkpoint_files(config, world_size: int) -> list[str]:
+    """The files a checkpoint of this run must hold besides the Trainer's: γ-PO's margin state of every rank."""
+    from prefopt.losses import get_loss_spec
+
+    loss = getattr(config, "loss", None)
+    if loss is None or not get_loss_spec(loss.name).dynamic_margins:
+        return []
+    return [MARGIN_STATE_FILE.format(rank=rank) for rank in range(world_size)]
+
+
+def resolve_checkpoint(config, world_size: int = 1) -> Optional[str]:
     """The checkpoint folder to resume from: ``train.resume_from_checkpoint`` as given, or for ``latest`` the newest
-    complete one in the run folder; None to start fresh."""
+    whole one in the run folder; None to start fresh. A damaged checkpoint named explicitly is an error that says
+    what is broken and which checkpoint would work."""
     wanted = config.train.resume_from_checkpoint
     if not wanted:
         return None
+    required = required_checkpoint_files(config, world_size)
     if wanted in ("latest", "true", "True"):
-        found = latest_complete_checkpoint(config.run_dir)
+        found = latest_complete_checkpoint(config.run_dir, required)
         if found is None:
-            raise ConfigError(f"train.resume_from_checkpoint: latest: no complete checkpoint-* in {config.run_dir}")
+            raise ConfigError(f"train.resume_from_checkpoint: latest: no whole checkpoint-* in {config.run_dir}")
         return found
-    if not (Path(wanted) / "trainer_state.json").is_file():
-        raise ConfigError(f"train.resume_from_checkpoint: {wanted!r} is not a complete checkpoint folder")
+    problem = checkpoint_problem(wanted, required)
+    if problem:
+        usable = latest_complete_checkpoint(Path(wanted).parent, required)
+        hint = f"the newest whole checkpoint is {usable} (--train.resume_from_checkpoint latest)" if usable else \
+            "no other checkpoint there is whole"
+        raise ConfigError(f"train.resume_from_checkpoint: {wanted} cannot be resumed: {problem}; {hint}")
     return wanted
 
 
-def prepare_run_dir(config, checkpoint: Optional[str]) -> None:
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "params":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes(config, previous: dict) -> dict[str, tuple[Any, Any]]:
+    """``{key: (previous value, new value)}`` for every resolved config key that differs from ``previous`` (the
+    resumed run's config.yaml), ``<unset>`` where one side lacks the key."""
+    old, new = _flatten(previous or {}), _flatten(config.to_dict())
+    return {key: (old.get(key, "<unset>"), new.get(key, "<unset>")) for key in sorted(set(old) | set(new))
+            if old.get(key, "<unset>") != new.get(key, "<unset>")}
+
+
+def check_resume_config(config, checkpoint: str) -> dict[str, tuple[Any, Any]]:
+    """Compare the config of a resumed run with the one that wrote its checkpoints (the run folder's config.yaml),
+    before anything in the folder is touched. Changes to what alters the optimisation (model, data, loss, margins,
+    learning rate, schedule, seed, batch, ...) are refused unless ``train.allow_config_change`` names them; logging,
+    saving and evaluation settings may change. Returns every change (for the config history)."""
+    import yaml
+
+    path = config.run_dir / "config.yaml"
+    if not path.is_file():
+        logger.warning("resuming %s, which has no config.yaml: the config cannot be compared with the checkpoint's",
+                       checkpoint)
+        return {}
+    changes = config_changes(config, yaml.safe_load(path.read_text()))
+    allowed = set(config.train.allow_config_change)
+    refused = {k: v for k, v in changes.items() if k not in RESUME_FREE_KEYS and k not in allowed}
+    if refused:
+        listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
+        raise ConfigError(
+            f"resuming {checkpoint} with a different config ({listed}): these change the optimisation of a run "
+            f"that started with the old values. Resume with the old values, or allow them with "
+            f"--train.allow_config_change {','.join(refused)}"
+        )
+    return changes
+
+
+def _keep_config_history(run_dir: Path, changes: dict, step: int) -> None:
+    """Before config.yaml is replaced on resume, keep the old one as config_history/config-<k>.yaml."""
+    history = run_dir / "config_history"
+    history.mkdir(exist_ok=True)
+    k = 1 + sum(1 for _ in history.glob("config-*.yaml"))
+    header = (f"# config.yaml of {run_dir} until {utc_now()}, when the run resumed from step {step} with: "
+              + "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items()) + "\n")
+    (history / f"config-{k}.yaml").write_text(header + (run_dir / "config.yaml").read_text())
+
+
+def _trim_log(log: Path, step: int) -> None:
+    """Keep the lines of a JSONL log up to ``step``; a torn (half-written) line is dropped with a warning."""
+    kept, torn = [], 0
+    for line in log.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            torn += 1
+            continue
+        if row.get("step", 0) <= step:
+            kept.append(line)
+    if torn:
+        logger.warning("%s: dropped %d unreadable line(s) (a run killed while writing)", log, torn)
+    log.write_text("".join(line + "\n" for line in kept))
+
+
+def prepare_run_dir(config, checkpoint: Optional[str], changes: Optional[dict] = None) -> None:
     """Never mix two runs in one folder (main process only).
 
-    A fresh run refuses a folder that already holds a run unless ``train.overwrite``; a resumed run keeps the folder
-    and trims the JSONL logs back to the checkpoint's step, so the steps redone after resuming are not logged twice.
+    A fresh run refuses a folder that already holds a run unless ``train.overwrite``; a resumed run keeps the folder,
+    keeps the replaced config.yaml in ``config_history/`` when the config changed, and trims the JSONL logs back to
+    the checkpoint's step, so the steps redone after resuming are not logged twice.
     """
     run_dir = config.run_dir
     existing = [p for p in run_dir.glob("*") if p.name in RUN_OUTPUTS or p.name.startswith("checkpoint-")]
@@ -186,11 +331,12 @@ def prepare_run_dir(config, checkpoint: Optional[str]) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     if checkpoint is not None:
         step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+        if changes and (run_dir / "config.yaml").is_file():
+            _keep_config_history(run_dir, changes, step)
         for name in ("metrics.jsonl", "margins.jsonl"):
             log = run_dir / name
             if log.is_file():
-                kept = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-                log.write_text("".join(line + "\n" for line in kept))
+                _trim_log(log, step)
 
 
 def start_run(config, command: Optional[Sequence[str]] = None, config_header: str = ""):
@@ -208,12 +354,13 @@ def start_run(config, command: Optional[Sequence[str]] = None, config_header: st
             f"launched {launched} processes but they did not join one training ({state.num_processes} per run): on "
             f"a machine without GPUs set --train.use_cpu true"
         )
-    checkpoint = resolve_checkpoint(config)
+    checkpoint = resolve_checkpoint(config, state.num_processes)
+    changes = check_resume_config(config, checkpoint) if checkpoint else {}  # before the folder is touched
     record = StageRecord(config.run_dir / "run_info.json", config.stage, command=command,
                          world_size=state.num_processes, is_main=state.is_main_process)
     if state.is_main_process:
         config.run_dir.mkdir(parents=True, exist_ok=True)
-        prepare_run_dir(config, checkpoint)
+        prepare_run_dir(config, checkpoint, changes)
         save_config(config, config.run_dir / "config.yaml", header=config_header)
     state.wait_for_everyone()
     return state, checkpoint, record

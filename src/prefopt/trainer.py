@@ -25,15 +25,18 @@ from typing import Any, Optional
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_pt_utils import nested_gather
 
 from prefopt.logps import DEFAULT_CHUNK_SIZE, sequence_logps
 from prefopt.losses import LossOutput, PreferenceBatch, get_loss_spec
 from prefopt.margins import DynamicMargins
-from prefopt.runs import latest_complete_checkpoint
+from prefopt.runs import MARGIN_STATE_FILE, latest_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 
-MARGIN_STATE_FILE = "gamma_margins_rank{rank}.pt"
+#: Written into every checkpoint by the main process: the training loss summed over every step so far, so that a
+#: resumed run reports the whole run's mean ``train_loss`` (the Trainer's own covers only its own train() call).
+LOSS_SUM_FILE = "prefopt_loss_sum.json"
 
 
 class JsonlMetricsCallback(TrainerCallback):
@@ -102,6 +105,7 @@ class PreferenceTrainer(Trainer):
         self.margin_log_path = Path(margin_log_path) if margin_log_path else None
         self.margin_log_every = margin_log_every
         self._stored_metrics: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        self._loss_sum_before_resume: Optional[float] = None  # set by train() when it resumes
         super().__init__(*args, **kwargs)
         self.ref_model = None
         if ref_model is not None:
@@ -257,6 +261,10 @@ class PreferenceTrainer(Trainer):
             self._stored_metrics[mode][name].append(value)
 
     def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
+        if "train_loss" in logs and self._loss_sum_before_resume is not None:
+            # the final summary of a resumed run: the mean over every step of the run, not only those after resuming
+            # (the Trainer has just added its last pending loss into _total_loss_scalar)
+            logs["train_loss"] = (self._loss_sum_before_resume + self._total_loss_scalar) / max(self.state.global_step, 1)
         mode = "train" if "loss" in logs else "eval"
         prefix = "" if mode == "train" else "eval_"
         for name, values in self._stored_metrics.pop(mode, {}).items():
@@ -269,17 +277,23 @@ class PreferenceTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial):
         # Written before the Trainer's own files: trainer_state.json comes last, so a checkpoint that has it also has
-        # the γ-PO state. One file per rank, since per-rank queues differ (SPEC §5).
+        # the γ-PO state (one file per rank, since per-rank queues differ, SPEC §5) and the loss sum.
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        folder.mkdir(parents=True, exist_ok=True)
         if self.margins is not None:
-            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-            folder.mkdir(parents=True, exist_ok=True)
             state_file = folder / MARGIN_STATE_FILE.format(rank=self.accelerator.process_index)
             torch.save(self.margins.state_dict(), state_file)
+        # the losses of this call logged so far plus those not yet logged, averaged over ranks as the Trainer logs them
+        pending = nested_gather(self._tr_loss, self.args.parallel_mode).mean().item()
+        loss_sum = (self._loss_sum_before_resume or 0.0) + self._total_loss_scalar + pending
+        if self.accelerator.is_main_process:
+            (folder / LOSS_SUM_FILE).write_text(json.dumps({"global_step": self.state.global_step, "loss_sum": loss_sum}))
         super()._save_checkpoint(model, trial)
 
     def train(self, resume_from_checkpoint: Optional[str | bool] = None, **kwargs):
         if resume_from_checkpoint in (True, "latest"):
-            resume_from_checkpoint = latest_complete_checkpoint(self.args.output_dir)
+            required = [MARGIN_STATE_FILE.format(rank=self.accelerator.process_index)] if self.margins is not None else []
+            resume_from_checkpoint = latest_complete_checkpoint(self.args.output_dir, required)
             if resume_from_checkpoint is None:
                 raise FileNotFoundError(f"no checkpoint-* folder in {self.args.output_dir} to resume from")
         if resume_from_checkpoint and self.margins is not None:
@@ -288,6 +302,14 @@ class PreferenceTrainer(Trainer):
                 raise FileNotFoundError(f"{state_file} is missing: this checkpoint has no γ-PO margin state")
             self.margins.load_state_dict(torch.load(state_file, weights_only=False))
             logger.info("restored γ-PO margin state from %s (%d gaps queued)", state_file, self.margins.queue.numel())
+        self._loss_sum_before_resume = None
+        if resume_from_checkpoint:
+            loss_file = Path(resume_from_checkpoint) / LOSS_SUM_FILE
+            if loss_file.is_file():
+                self._loss_sum_before_resume = float(json.loads(loss_file.read_text())["loss_sum"])
+            else:
+                logger.warning("%s has no %s: train_loss will average only the steps run after resuming",
+                               resume_from_checkpoint, LOSS_SUM_FILE)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
 
