@@ -28,6 +28,13 @@ class Reply:
     drop: bool = False  # close the connection without any answer
     echo_auth: bool = False  # put the received Authorization header into the (error) body, like a careless proxy
     logprobs: dict | None = None  # the choice's "logprobs" object for a 200 that asked for logprobs (None: default)
+    # A plain-text body (any status, 200 included: garbage) with the received Authorization header at this character
+    # offset: ``echo_auth_at`` filler characters, the header value (its first ``echo_auth_chars`` characters when set,
+    # like a proxy that truncates what it echoes), then ``echo_auth_tail`` more filler. Puts the key where a client's
+    # cut of the error body falls (tests/test_judges.py, the key never leaks).
+    echo_auth_at: int | None = None
+    echo_auth_chars: int | None = None
+    echo_auth_tail: int = 600
 
 
 _PAIR = re.compile(
@@ -83,7 +90,13 @@ class FakeOpenAI:
                     if reply.drop:
                         self.close_connection = True
                         return
-                    if reply.raw is not None:
+                    if reply.echo_auth_at is not None:
+                        auth = self.headers.get("Authorization") or ""
+                        if reply.echo_auth_chars is not None:
+                            auth = auth[: reply.echo_auth_chars]
+                        text = "." * reply.echo_auth_at + auth + " " + "~" * reply.echo_auth_tail
+                        self._send(reply.status, text.encode(), reply.headers, ctype="text/plain")
+                    elif reply.raw is not None:
                         self._send(reply.status, reply.raw, reply.headers, ctype="text/html")
                     elif reply.status != 200:
                         error = {"message": f"simulated HTTP {reply.status}", "type": "test", "code": reply.status}

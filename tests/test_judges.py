@@ -389,6 +389,47 @@ def test_bad_templates_are_rejected(tmp_path):
         JudgeTemplate.load(no_field)
 
 
+def _cli_samples(tmp_path: Path) -> tuple[str, str]:
+    policy, baseline = tmp_path / "policy.jsonl", tmp_path / "baseline.jsonl"
+    policy.write_text(json.dumps({"prompt": "hi", "completions": ["hello there"]}) + "\n")
+    baseline.write_text(json.dumps({"prompt": "hi", "completions": ["hey"]}) + "\n")
+    return str(policy), str(baseline)
+
+
+def _one_line_error(capsys) -> str:
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and lines[0].startswith("prefopt judge: error: ")
+    return lines[0]
+
+
+def test_cli_judge_with_an_unknown_template_is_one_line_naming_it_and_the_packaged_ones(server, tmp_path, capsys,
+                                                                                       monkeypatch):
+    from prefopt.cli import main
+    from prefopt.errors import ConfigError
+
+    monkeypatch.setenv("PREFOPT_JUDGE_MODEL", "judge-test")
+    monkeypatch.setenv("PREFOPT_JUDGE_BASE_URL", server.url)
+    policy, baseline = _cli_samples(tmp_path)
+    assert main(["judge", policy, baseline, str(tmp_path / "out"), "--template", "nope"]) == 2
+    line = _one_line_error(capsys)
+    assert "'nope'" in line and HH in line and TLDR in line
+    assert server.count() == 0 and not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError) as info:  # also still a FileNotFoundError, as before
+        JudgeTemplate.load("nope")
+    assert isinstance(info.value, FileNotFoundError)
+
+
+def test_cli_judge_without_a_model_is_one_line_saying_how_to_give_one(tmp_path, capsys):
+    from prefopt.cli import main
+
+    policy, baseline = _cli_samples(tmp_path)  # clean_env: no PREFOPT_JUDGE_MODEL
+    assert main(["judge", policy, baseline, str(tmp_path / "out")]) == 2
+    line = _one_line_error(capsys)
+    assert "PREFOPT_JUDGE_MODEL" in line and "--model" in line
+
+
 def test_editing_a_template_invalidates_its_cache_entries(server, tmp_path):
     cache = tmp_path / "cache"
     path = tmp_path / "mine.txt"
@@ -474,6 +515,105 @@ def test_api_key_reaches_the_server_but_no_cache_file_log_record_or_exception(se
     for f in files:
         text = f.read_text()
         assert key not in text and "Bearer" not in text and "Authorization" not in text
+
+
+def _key_fragments(key: str, shortest: int = 8) -> list[str]:
+    """Every substring of ``key`` of length ``shortest``: any longer substring contains one of them."""
+    return sorted({key[i:i + shortest] for i in range(len(key) - shortest + 1)})
+
+
+def _leaked(key: str, texts: dict[str, str]) -> list[str]:
+    return [f"{where}: {frag!r}" for where, text in texts.items() for frag in _key_fragments(key) if frag in text]
+
+
+def test_no_fragment_of_the_key_leaks_when_an_echoing_body_is_cut_inside_it(server, tmp_path, caplog, capsys):
+    """A server that echoes the Authorization header into its body, placed so that the client's cut of that body
+    (300 characters in a retry warning and the final error after retries, 500 in a non-retryable error) falls
+    inside the key, after each of 1..len(key) of its characters; and 200s with such garbage, and servers that echo
+    only a prefix of the header. No substring of the key of 8 or more characters may reach a log record (any logger,
+    DEBUG), a warning, stdout/stderr, an exception (message, repr, traceback) or a cache file."""
+    import warnings
+
+    key = "sk-test-" + secrets.token_urlsafe(22)  # mixed case and '-_': no chance match with hex ids in the cache
+    assert len(key) >= 30
+    bearer = len("Bearer ")
+    cases = []  # (tag, Reply)
+    for j in range(1, len(key) + 1):  # j characters of the key before the cut
+        for status in (429, 500, 503):
+            cases.append((f"retry-{status}-{j}", Reply(status=status, echo_auth_at=300 - bearer - j)))
+        for status in (400, 401, 404, 422):
+            cases.append((f"fatal-{status}-{j}", Reply(status=status, echo_auth_at=500 - bearer - j)))
+        cases.append((f"garbage-{j}", Reply(status=200, echo_auth_at=300 - bearer - j)))
+    for n in range(bearer + 8, bearer + len(key)):  # the server itself echoes only the header's first n characters
+        cases.append((f"prefix-500-{n}", Reply(status=500, echo_auth_at=40, echo_auth_chars=n)))
+        cases.append((f"prefix-400-{n}", Reply(status=400, echo_auth_at=40, echo_auth_chars=n)))
+        cases.append((f"prefix-tail-{n}", Reply(status=400, echo_auth_at=500 - n, echo_auth_chars=n, echo_auth_tail=0)))
+    replies = dict(cases)
+    server.rule = lambda content, n: replies.get(content, Reply())
+    caplog.set_level(logging.DEBUG)  # the root logger: every logger's records, httpx and httpcore included
+    cache = tmp_path / "cache"
+    errors = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with JudgeClient("judge-test", base_url=server.url, api_key=key, cache_dir=cache, max_retries=1,
+                         timeout=2.0, backoff_base=0.0, backoff_max=0.0) as client:
+            for tag, _ in cases:
+                with pytest.raises(JudgeError) as info:
+                    client.complete([{"role": "user", "content": tag}])
+                errors.append(info.value)
+            assert client.complete([{"role": "user", "content": "fine"}])["content"]  # the cache gets an entry
+            with pytest.raises(JudgeError) as info:  # and through the thread pool
+                client.complete_many([{"messages": [{"role": "user", "content": tag}]} for tag, _ in cases[:8]],
+                                     workers=4, progress=False)
+            errors.append(info.value)
+
+    # The key reached the server on every request, and the server did echo it (so the scrub is exercised).
+    assert all(r["headers"]["Authorization"] == f"Bearer {key}" for r in server.requests)
+    retried = sum(tag.startswith(("retry", "garbage", "prefix-500")) for tag, _ in cases)
+    assert len(server.requests) >= 2 * retried + (len(cases) - retried) + 1
+    warned = [r for r in caplog.records if "retry 1/1" in r.getMessage()]
+    assert len(warned) >= retried
+    assert any("[REDACTED]" in str(e) for e in errors)
+
+    texts = {"caplog.text": caplog.text, "stdout": "", "stderr": ""}
+    out, err = capsys.readouterr()
+    texts["stdout"], texts["stderr"] = out, err
+    for i, record in enumerate(caplog.records):
+        texts[f"record {i} ({record.name})"] = f"{record.getMessage()} {record.msg!r} {record.args!r}"
+    for i, w in enumerate(caught):
+        texts[f"warning {i}"] = str(w.message)
+    for tag_e, e in zip([t for t, _ in cases] + ["complete_many"], errors):
+        texts[f"exception {tag_e}"] = f"{e} {e!r} {''.join(traceback.format_exception(e))}"
+    files = cache_files(cache)
+    assert files
+    for f in files:
+        texts[f"cache {f.name}"] = f.read_text()
+    leaks = _leaked(key, texts)
+    assert not leaks, f"{len(leaks)} leaks, e.g. {leaks[:5]}"
+
+
+def test_redaction_scrubs_the_key_its_prefixes_and_bearer_tokens():
+    from prefopt.judges.client import redact
+
+    key = "sk-test-" + secrets.token_urlsafe(22)
+    for text in (key, f"Bearer {key}", f"x{key}y", f"...{key[:8]}", f"{key[:20]}…", f"a {key[3:15]} b",
+                 json.dumps({"authorization": f"Bearer {key}"}), f"{key}{key[:9]}"):
+        out = redact(text, key)
+        assert not _leaked(key, {"out": out}), (text, out)
+        assert "[REDACTED]" in out
+    assert redact("seven77 and nothing else", key) == "seven77 and nothing else"
+    assert redact(f"{key[:7]}!", key) == f"{key[:7]}!"  # shorter fragments carry too little to scrub
+    assert redact("Authorization: Bearer someone-elses-token-123", None) == "Authorization: Bearer [REDACTED]"
+    assert redact("no key here", None) == "no key here"
+
+
+def test_a_key_that_cannot_be_sent_in_a_header_is_refused_without_being_shown():
+    from prefopt.errors import ConfigError
+
+    for bad in ("sk-line\nbreak-123456", "sk-accent-é-123456", "sk space 1234567"):
+        with pytest.raises(ConfigError) as info:
+            JudgeClient("judge-test", api_key=bad, use_cache=False)
+        assert bad not in str(info.value) and "123456" not in str(info.value)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from prefopt.judges.client import (
     ENV_MODEL,
     _REDACTED,
     _RETRY_STATUS,
+    MIN_SECRET_FRAGMENT,
     JudgeClient,
     _canonical_json,
     _env,
@@ -30,6 +31,7 @@ from prefopt.judges.client import (
     _parse_retry_after,
     _run_pool,
     cache_key,
+    redact,
 )
 from prefopt.judges.pairwise import (
     _ROLE_NAMES,
@@ -37,9 +39,11 @@ from prefopt.judges.pairwise import (
     TEMPLATE_FIELDS,
     JudgeTemplate,
     PairwiseLLMJudge,
+    TemplateNotFoundError,
     format_chat_prompt,
     judge_both_orders_many,
     judge_many,
+    packaged_templates,
 )
 
 __all__ = [
@@ -57,8 +61,11 @@ __all__ = [
     "JudgeError",
     "JudgeTemplate",
     "PairwiseLLMJudge",
+    "TemplateNotFoundError",
     "cache_key",
     "format_chat_prompt",
     "judge_both_orders_many",
     "judge_many",
+    "packaged_templates",
+    "redact",
 ]

@@ -14,7 +14,12 @@ Configuration (explicit arguments win over the environment):
 - ``PREFOPT_JUDGE_CACHE``: the cache directory, default ``~/.cache/prefopt/judge``.
 
 The key lives in one private attribute and in the request header; it is never written to a cache entry, a log record
-or an exception message (messages built from a server's answer are scrubbed of it, in case the server echoes it).
+or an exception message. Every message the client builds (log records, warnings, exceptions) goes through one
+function, :func:`redact`, *before* any cut to length: it replaces the whole key, every fragment of it of
+:data:`MIN_SECRET_FRAGMENT` characters or more (a server or proxy may echo a truncated header) and any
+``Bearer <token>``, in case the server echoes the Authorization header. A key that cannot be sent in a header
+(whitespace, control or non-ASCII characters) is refused up front with a :class:`~prefopt.errors.ConfigError` that
+does not show it.
 
 Cache format: one JSON file per entry, ``{cache_dir}/{key[:2]}/{key}.json``, written atomically (temp file in the same
 directory + ``os.replace``). ``key`` is the sha256 of the canonical JSON (sorted keys, compact separators, UTF-8) of
@@ -28,8 +33,10 @@ verdict, so an unparseable answer is cached too and is re-parsed (never re-asked
 Retries are ours (the transport never retries): timeouts, connection errors, HTTP 408, 429 and 5xx, and a 2xx body
 that is not a chat-completions JSON object are retried up to ``max_retries`` times with exponential back-off and
 jitter, ``min(backoff_max, backoff_base * 2**attempt) * U(0.5, 1)``; a ``retry-after-ms`` or ``Retry-After``
-(seconds or HTTP date) header replaces that delay (capped at ``retry_after_max``). Any other non-2xx status raises
-:class:`~prefopt.errors.JudgeError` at once.
+(seconds or HTTP date) header replaces that delay (capped at ``retry_after_max``). Any other non-2xx status, and an
+httpx error that is not a transport failure (an invalid URL, a decoding error), raises
+:class:`~prefopt.errors.JudgeError` at once. Error bodies are quoted scrubbed, then cut: 300 characters in a retry
+warning and the final error after retries, 500 in a non-retryable error.
 
 :func:`_run_pool`, the thread pool behind :meth:`JudgeClient.complete_many`, also serves
 :func:`prefopt.judges.pairwise.judge_many` and Arena-Hard's judge; it lives here so that the client needs nothing
@@ -44,7 +51,9 @@ import json
 import logging
 import os
 import random
+import re
 import tempfile
+import urllib.parse
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -52,7 +61,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from prefopt.errors import JudgeError
+from prefopt.errors import ConfigError, JudgeError
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +76,61 @@ CACHE_VERSION = 1
 
 _RETRY_STATUS = frozenset({408, 429})
 _REDACTED = "[REDACTED]"
+#: The shortest fragment of the key that :func:`redact` scrubs (shorter ones carry too little of it to matter, and
+#: scrubbing them would mangle ordinary text).
+MIN_SECRET_FRAGMENT = 8
+#: Text longer than this is cut here before it is scrubbed (then scrubbed, then cut to the message's own length), so a
+#: huge error body costs no more than this to scrub.
+_REDACT_SCAN_MAX = 65536
+_BEARER = re.compile(r"(?i)\b(bearer\s+)(?!\[REDACTED\])[A-Za-z0-9._~+/=:-]{8,}")
+_HEADER_SAFE_KEY = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no whitespace: what a Bearer header can carry
+
+
+def _secret_forms(secret: str) -> list[str]:
+    """The key as a server might echo it: as is, JSON-escaped, URL-encoded (distinct forms only)."""
+    forms = [secret, json.dumps(secret)[1:-1], urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)]
+    return list(dict.fromkeys(forms))
+
+
+def _scrub_fragments(text: str, secret: str, shortest: int) -> str:
+    """``text`` with every run of ``shortest`` or more characters that is a substring of ``secret`` replaced."""
+    if len(secret) < shortest:
+        return text
+    windows = {secret[i:i + shortest] for i in range(len(secret) - shortest + 1)}
+    out: list[str] = []
+    i = start = 0
+    n = len(text)
+    while i <= n - shortest:
+        if text[i:i + shortest] in windows:
+            end = i + shortest
+            while end < n and text[i:end + 1] in secret:  # the longest fragment starting here
+                end += 1
+            out.append(text[start:i])
+            out.append(_REDACTED)
+            i = start = end
+        else:
+            i += 1
+    out.append(text[start:])
+    return "".join(out)
+
+
+def redact(text: Any, secret: str | None, limit: int | None = None) -> str:
+    """``str(text)`` scrubbed of ``secret``, then cut to ``limit`` characters (scrub first: a cut must never leave
+    a piece of the key behind). Scrubbed: every form of the key (:func:`_secret_forms`), every fragment of one of
+    them of :data:`MIN_SECRET_FRAGMENT` characters or more (a truncated echo), and any ``Bearer <token>``. A key
+    shorter than that minimum is still replaced wherever it occurs whole. The one redaction function of the client:
+    every log record, warning and exception message it produces goes through it."""
+    text = str(text)
+    if len(text) > _REDACT_SCAN_MAX:
+        text = text[:_REDACT_SCAN_MAX]
+    if secret:
+        for form in _secret_forms(secret):
+            text = text.replace(form, _REDACTED)
+            text = _scrub_fragments(text, form, MIN_SECRET_FRAGMENT)
+    text = _BEARER.sub(lambda m: m.group(1) + _REDACTED, text)
+    if limit is not None and len(text) > limit:
+        text = text[:limit]
+    return text
 
 
 def _env(name: str) -> str | None:
@@ -110,9 +174,19 @@ class JudgeClient:
 
         self.model = model or _env(ENV_MODEL)
         if not self.model:
-            raise ValueError(f"no judge model: pass model=... or set {ENV_MODEL}")
+            raise ConfigError(f"no judge model: set {ENV_MODEL} or pass --model (model=... in Python)")
         self.base_url = (base_url or _env(ENV_BASE_URL) or DEFAULT_BASE_URL).rstrip("/")
-        key = api_key if api_key is not None else (_env(ENV_API_KEY) or _env(ENV_FALLBACK_API_KEY))
+        if api_key is not None:
+            key, key_source = api_key, "the api_key argument"
+        elif _env(ENV_API_KEY):
+            key, key_source = _env(ENV_API_KEY), ENV_API_KEY
+        else:
+            key, key_source = _env(ENV_FALLBACK_API_KEY), ENV_FALLBACK_API_KEY
+        if key and not _HEADER_SAFE_KEY.fullmatch(key):
+            raise ConfigError(
+                f"the judge API key from {key_source} contains whitespace, control or non-ASCII characters and "
+                "cannot be sent in an Authorization header; check for a stray newline or quote (the key is not shown)"
+            )
         self.__api_key = key or None
         self.cache_dir = Path(cache_dir or _env(ENV_CACHE) or DEFAULT_CACHE_DIR).expanduser() if use_cache else None
         if max_retries < 0 or timeout <= 0 or backoff_base < 0 or backoff_max < 0 or retry_after_max < 0:
@@ -145,10 +219,9 @@ class JudgeClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _redact(self, text: str) -> str:
-        if self.__api_key:
-            text = text.replace(self.__api_key, _REDACTED)
-        return text
+    def _redact(self, text: Any, limit: int | None = None) -> str:
+        """:func:`redact` with this client's key: scrub, then cut to ``limit``."""
+        return redact(text, self.__api_key, limit)
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -174,7 +247,7 @@ class JudgeClient:
             if entry.get("key") != key or "content" not in entry.get("response", {}):
                 raise ValueError("not a judge cache entry for this key")
         except (OSError, ValueError) as exc:
-            logger.warning("ignoring unreadable judge cache entry %s (%s)", path, exc)
+            logger.warning("%s", self._redact(f"ignoring unreadable judge cache entry {path} ({exc})"))
             return None
         return entry
 
@@ -314,35 +387,39 @@ class JudgeClient:
             except httpx.TimeoutException as exc:
                 last_problem = f"timeout after {self.timeout:g}s ({type(exc).__name__})"
             except httpx.TransportError as exc:
-                last_problem = f"connection error ({type(exc).__name__}: {self._redact(str(exc))[:200]})"
+                last_problem = f"connection error ({type(exc).__name__}: {self._redact(exc, 200)})"
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:  # not a transport failure: retrying will not help
+                raise JudgeError(self._redact(
+                    f"judge endpoint {self.base_url} (model {self.model!r}): request failed, not retried "
+                    f"({type(exc).__name__}: {self._redact(exc, 200)})"
+                )) from None
             else:
                 status = resp.status_code
                 if 200 <= status < 300:
                     try:
                         return _parse_chat_completion(resp.json())
                     except ValueError as exc:  # json.JSONDecodeError is a ValueError
-                        last_problem = f"HTTP {status} with a body that is not a chat completion ({exc})"
-                        last_problem = self._redact(last_problem)
+                        problem = self._redact(exc, 300)
+                        last_problem = f"HTTP {status} with a body that is not a chat completion ({problem})"
                 elif status in _RETRY_STATUS or status >= 500:
-                    last_problem = f"HTTP {status}: {self._redact(resp.text[:300])!r}"
+                    last_problem = f"HTTP {status}: {self._redact(resp.text, 300)!r}"
                     retry_headers = resp.headers
                 else:
-                    raise JudgeError(
+                    raise JudgeError(self._redact(
                         f"judge endpoint {self.base_url} (model {self.model!r}) answered HTTP {status}, not retried: "
-                        f"{self._redact(resp.text[:500])!r}"
-                    ) from None
+                        f"{self._redact(resp.text, 500)!r}"
+                    )) from None
             if attempt == self.max_retries:
                 break
             delay = self._retry_delay(attempt, retry_headers)
-            logger.warning(
-                "judge call %s failed (%s); retry %d/%d in %.3gs", key[:12], last_problem, attempt + 1,
-                self.max_retries, delay,
-            )
+            logger.warning("%s", self._redact(
+                f"judge call {key[:12]} failed ({last_problem}); retry {attempt + 1}/{self.max_retries} in {delay:.3g}s"
+            ))
             time.sleep(delay)
-        raise JudgeError(
+        raise JudgeError(self._redact(
             f"judge endpoint {self.base_url} (model {self.model!r}) failed {self.max_retries + 1} times; "
             f"last: {last_problem}"
-        ) from None
+        )) from None
 
 
 def _parse_retry_after(headers: Mapping[str, str]) -> float | None:

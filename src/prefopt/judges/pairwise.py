@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path, PurePath
 from typing import Any, Mapping, Sequence
 
-from prefopt.errors import JudgeError  # noqa: F401  (named in the docstrings below; the client raises it)
+from prefopt.errors import ConfigError, JudgeError  # noqa: F401  (JudgeError: named below; the client raises it)
 from prefopt.judges.client import JudgeClient, _run_pool
 from prefopt.winrate import VERDICTS, PairwiseJudge, judge_pairs_both_orders
 
@@ -31,6 +31,16 @@ logger = logging.getLogger(__name__)
 # path works from anywhere. An importlib.resources Traversable: a Path in any unpacked install (editable or wheel).
 TEMPLATE_DIR = resources.files("prefopt.resources") / "templates"
 TEMPLATE_FIELDS = ("prompt", "response_a", "response_b")
+
+
+class TemplateNotFoundError(ConfigError, FileNotFoundError):
+    """No judge template by that name or path: a :class:`~prefopt.errors.ConfigError` (the CLI prints one line) and
+    still a ``FileNotFoundError``, as before."""
+
+
+def packaged_templates() -> list[str]:
+    """The names of the shipped judge templates (``prefopt/resources/templates/*.txt``)."""
+    return sorted(p.name[: -len(".txt")] for p in TEMPLATE_DIR.iterdir() if p.name.endswith(".txt"))
 
 
 @dataclass(frozen=True)
@@ -57,7 +67,10 @@ class JudgeTemplate:
         if not path.is_file():
             candidate = TEMPLATE_DIR / f"{name_or_path}.txt"
             if not candidate.is_file():
-                raise FileNotFoundError(f"no judge template {str(name_or_path)!r} (looked for {path} and {candidate})")
+                raise TemplateNotFoundError(
+                    f"no judge template {str(name_or_path)!r}: not a file, nor a packaged template; packaged "
+                    f"templates: {', '.join(packaged_templates())} (or pass a template file's path)"
+                )
             path = candidate
         text = path.read_text(encoding="utf-8")
         lines = text.splitlines()
@@ -70,11 +83,11 @@ class JudgeTemplate:
             if m:
                 label = m.group(1)
         if not label:
-            raise ValueError(f"judge template {path} declares no '# answer-label: <Label>' header line")
+            raise ConfigError(f"judge template {path} declares no '# answer-label: <Label>' header line")
         body = "\n".join(lines[header_end:]).strip("\n")
         for field in fields:
             if "{" + field + "}" not in body:
-                raise ValueError(f"judge template {path} lacks the field {{{field}}}")
+                raise ConfigError(f"judge template {path} lacks the field {{{field}}}")
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
         return cls(name=PurePath(path.name).stem, body=body, answer_label=label, sha256=digest, path=path)
 
