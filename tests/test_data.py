@@ -138,14 +138,15 @@ def test_princeton_rows_load_as_pairs_or_as_k_candidates(tmp_path):
 
 
 def test_rw_jsonl_rows_keep_k_candidates_and_get_positional_ids(tmp_path):
-    path = _write_jsonl(tmp_path / "hh_rw.jsonl", [_rw_row(4), _rw_row(3)])
+    path = _write_jsonl(tmp_path / "hh_rw.jsonl", [_rw_row(4), _rw_row(4)])
     records, report = load_records(path)
     assert report.format == "rw"
     assert [r.id for r in records] == ["hh_rw.jsonl:0", "hh_rw.jsonl:1"]
     assert records[0].completions == _rw_row(4)["completions"]
     assert records[0].rewards == [1.5, -0.5, 2.0, 0.1]
-    assert len(records[1].completions) == len(records[1].rewards) == 3
     assert isinstance(records[0].prompt, str)
+    records, _ = load_records(_write_jsonl(tmp_path / "k3.jsonl", [_rw_row(3), _rw_row(3)]))
+    assert all(len(r.completions) == len(r.rewards) == 3 for r in records)
 
 
 def test_text_pairs_from_json_list_with_and_without_scores(tmp_path):
@@ -390,7 +391,7 @@ def test_too_many_malformed_rows_raise_one_line_with_the_first_ones(tmp_path):
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"2 of 10 rows in {path} are malformed (> max_bad_fraction=0.01)")
-    assert "row 3: empty rejected response; row 7: chosen and rejected responses are identical" in message
+    assert "row 4: empty rejected response; row 8: chosen and rejected responses are identical" in message
     assert message.endswith("fix the data or raise data.max_bad_fraction")
 
     records, report = load_records(path, max_bad_fraction=0.2)  # 2/10 is not > 0.2
@@ -634,7 +635,7 @@ def test_collator_rejects_mixed_k_and_bad_inputs():
 
 def test_reports_are_dataclasses_with_one_line_summaries():
     report = DataReport(source="x.jsonl", n_rows=3, n_kept=2, bad=[(1, "empty chosen response")], format="pairs")
-    assert report.summary() == "x.jsonl [pairs]: kept 2 of 3 rows, dropped 1 malformed (row 1: empty chosen response)"
+    assert report.summary() == "x.jsonl [pairs]: kept 2 of 3 rows, dropped 1 malformed (row 2: empty chosen response)"
     tok_report = TokenizeReport(n_records=2, n_kept=2, bos_policy="none")
     assert "\n" not in tok_report.summary() and "2 of 2" in tok_report.summary()
 
@@ -662,3 +663,87 @@ def test_format_constants_are_derived_from_the_one_registry():
                                      if not spec.prompts_only}
     assert data.SFT_PAIR_COLUMNS == ("chosen",)
     assert [name for name, spec in data.FORMAT_SPECS.items() if spec.prompts_only] == ["prompts"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Mixed K, degenerate pairs after truncation, 1-based row numbers (issue "Nothing lost, nothing stale", 5 and 10)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_mixed_k_in_one_rw_source_is_one_data_error_naming_the_file_rows_and_ks(tmp_path):
+    rows = [_rw_row(4) for _ in range(96)]
+    rows.insert(36, dict(_rw_row(4), completions=[*_rw_row(4)["completions"], " city ."],
+                         rewards=[*_rw_row(4)["rewards"], 0.0]))  # row 37 of the file has K = 5
+    path = _write_jsonl(tmp_path / "rw.jsonl", rows)
+    with pytest.raises(DataError) as info:
+        load_records(path)
+    assert str(info.value) == (f"{path}: rows have K = 4 (96 rows) and K = 5 (row 37): every row of a source must "
+                               "have the same number of completions")
+    with pytest.raises(DataError, match="rw"):  # an explicit format checks the same
+        load_records(path, format="rw")
+
+    many = [_rw_row(3) if i % 3 == 0 else _rw_row(4) for i in range(21)]  # 7 rows of K = 3, 14 of K = 4
+    with pytest.raises(DataError, match=r"K = 3 \(rows 1, 4, 7, 10, 13 and 2 more\) and K = 4 \(14 rows\)"):
+        load_records(_write_jsonl(tmp_path / "many.jsonl", many))
+    prompts, _ = load_prompts(_write_jsonl(tmp_path / "prompts.jsonl", many))  # prompts alone do not care about K
+    assert len(prompts) == 21
+
+
+def test_completions_and_rewards_of_different_lengths_are_a_malformed_row_numbered_from_1(tmp_path):
+    rows = [_rw_row(4), dict(_rw_row(4), rewards=[1.0, 0.0, 0.5]), _rw_row(4)]
+    records, report = load_records(_write_jsonl(tmp_path / "rw.jsonl", rows), max_bad_fraction=0.5)
+    assert len(records) == 2 and report.bad == [(1, "4 completions but 3 rewards")]
+    assert "row 2: 4 completions but 3 rewards" in report.summary()
+
+
+def test_row_numbers_in_messages_are_1_based_like_lines(tmp_path):
+    path = tmp_path / "lines.jsonl"
+    path.write_text(json.dumps(_text_pair()) + "\n" + '{"prompt": "a", chosen\n' + json.dumps(_text_pair()) + "\n")
+    _, report = load_records(str(path), max_bad_fraction=0.5)
+    assert report.bad[0][0] == 1  # the report keeps 0-based indices, the message says what a user sees
+    assert "row 2: invalid JSON on line 2" in report.summary()
+    tok_report = TokenizeReport(n_records=2, n_kept=1, bos_policy="none")
+    tok_report.drop(0, "a completion is empty after tokenisation")
+    assert "record 1: a completion is empty" in tok_report.summary()
+
+
+PAIR_PROMPT = "\n\nHuman: what is the capital of France ?\n\nAssistant:"
+
+
+def _identical_after_cut_records():
+    return [
+        PreferenceRecord("same", PAIR_PROMPT, [" Paris . Lyon .", " Paris . France ."], [1.0, 0.0]),  # same 2 tokens
+        PreferenceRecord("differs", PAIR_PROMPT, [" Paris .", " Lyon ."], [1.0, 0.0]),
+        PreferenceRecord("k3_some", PAIR_PROMPT, [" Paris . red", " Paris . cat", " Lyon ."], [1.0, 0.5, 0.0]),
+        PreferenceRecord("k3_all", PAIR_PROMPT, [" Paris . red", " Paris . cat", " Paris . dog"], [1.0, 0.5, 0.0]),
+        PreferenceRecord("uncut_same", PAIR_PROMPT, [" Paris .", " Paris ."], [1.0, 0.0]),
+    ]
+
+
+def test_pairs_identical_after_truncation_are_dropped_counted_and_reported():
+    tok = _tok()
+    n_prompt = len(tok(PAIR_PROMPT, add_special_tokens=False).input_ids)
+    records = _identical_after_cut_records()
+    features, report = tokenize_records(records, tok, max_length=n_prompt + 2, max_prompt_length=n_prompt)
+    assert [f["id"] for f in features] == ["differs", "k3_some"]  # a K-row with only some repeats is kept
+    assert report.n_identical == 3 and report.n_dropped == 3 and report.n_kept == 2
+    assert [index for index, _ in report.dropped] == [0, 3, 4]
+    summary = report.summary()
+    assert "record 1: all 2 responses are identical after truncation to max_length (id same)" in summary
+    assert "record 4: all 3 responses are identical after truncation" in summary
+    assert "(3 with identical responses after truncation)" in summary and "\n" not in summary
+
+    features, report = tokenize_records([records[0], records[4]], tok, max_length=n_prompt + 8,
+                                        max_prompt_length=n_prompt)
+    assert [f["id"] for f in features] == ["same"]  # with room for the difference the pair is kept
+    assert report.n_identical == 1 and "record 2: all 2 responses are identical (id uncut_same)" in report.summary()
+    with pytest.raises(DataError, match="all 1 records were dropped"):
+        tokenize_records(records[:1], tok, max_length=n_prompt + 2, max_prompt_length=n_prompt)
+
+
+def test_samples_scored_as_they_are_keep_identical_completions():
+    from prefopt.data import tokenize_completions
+
+    tok = _tok()
+    examples = tokenize_completions([PAIR_PROMPT], [[" Paris .", " Paris ."]], tok, max_length=64, max_prompt_length=32)
+    assert len(examples) == 1 and examples[0]["completion_ids"][0] == examples[0]["completion_ids"][1]

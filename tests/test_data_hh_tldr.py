@@ -123,10 +123,10 @@ def test_malformed_hh_rows_are_dropped_with_index_and_reason(tmp_path):
     assert report.n_kept == len(records) == len(HH_BAD) + 1
     assert [r.id for r in records] == [f"hh.jsonl:{i}" for i in range(0, len(rows), 2)]
     summary = report.summary()
-    assert "\n" not in summary and "row 1: empty response" in summary
+    assert "\n" not in summary and "row 2: empty response" in summary
     with pytest.raises(DataError) as info:  # the default bad fraction stops the run, in one line
         load_records(str(tmp_path / "hh.jsonl"), format="hh")
-    assert "\n" not in str(info.value) and "row 1: empty response" in str(info.value)
+    assert "\n" not in str(info.value) and "row 2: empty response" in str(info.value)
 
 
 def test_hh_rows_under_format_sft_keep_the_prompt_and_the_chosen_turn(tmp_path):

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, set_seed
 
 from prefopt.config import ConfigError
-from prefopt.data import PreferenceCollator, PreferenceRecord, load_records, tokenize_records
+from prefopt.data import DataError, PreferenceCollator, PreferenceRecord, load_records, tokenize_records
 from prefopt.rm import (
     label_completions,
     load_reward_model,
@@ -226,11 +226,16 @@ def test_label_completions_aligns_rewards_with_completions(world, trained, tmp_p
     assert meta["n_prompts"] == 3 and meta["n_completions"] == 7 and meta["k"] == [1, 2, 4]
     assert meta["reward_mean"] == pytest.approx(sum(flat) / 7)
     assert meta["max_length"] == MAX_LENGTH and json.loads(meta_path(tmp_path / "rw.jsonl").read_text()) == meta
-    # the labelled file is rw data the trainer reads: an empty sampled completion is a real candidate (kept), a row
-    # with K = 1 is not a K-candidate row (dropped as malformed)
-    records, report = load_records(str(tmp_path / "rw.jsonl"), max_bad_fraction=1.0)
-    assert report.format == "rw" and [r.rewards for r in records] == [labelled[0]["rewards"], labelled[1]["rewards"]]
-    assert "" in labelled[0]["completions"] and [i for i, _ in report.bad] == [2]
+    # the labelled file is rw data the trainer reads: an empty sampled completion is a real candidate, a row with
+    # K = 1 is not a K-candidate row (malformed), and rows of different K (4 and 2 here) are refused at load time,
+    # naming the rows, instead of crashing the collator mid-run
+    assert "" in labelled[0]["completions"]
+    with pytest.raises(DataError, match=r"K = 2 \(row 2\) and K = 4 \(row 1\)"):
+        load_records(str(tmp_path / "rw.jsonl"), max_bad_fraction=1.0)
+    records, report = load_records(str(_write_jsonl(tmp_path / "rw_k4.jsonl", [labelled[0], labelled[2]])),
+                                   max_bad_fraction=1.0)
+    assert report.format == "rw" and [r.rewards for r in records] == [labelled[0]["rewards"]]
+    assert [i for i, _ in report.bad] == [1]
 
 
 def test_mean_reward_is_the_mean_of_the_per_completion_scores(trained, tmp_path):

@@ -41,7 +41,7 @@ def _train(args: argparse.Namespace, base: Optional[dict] = None) -> int:
 def _tiny(args: argparse.Namespace) -> int:
     from prefopt.tiny import EXAMPLE_CONFIGS, write_example
 
-    directory = write_example(args.directory)
+    directory = write_example(args.directory, overwrite=args.overwrite)
     print(f"wrote a tiny model, data and configs to {directory}; try:")
     for name in EXAMPLE_CONFIGS:
         print(f"  prefopt train {directory / (name + '.yaml')}")
@@ -134,7 +134,8 @@ def _sample(args: argparse.Namespace) -> int:
 def _label(args: argparse.Namespace) -> int:
     from prefopt.rm import label_completions
 
-    meta = label_completions(args.rm, args.samples, args.out, batch_size=args.batch_size, command=args.argv)
+    meta = label_completions(args.rm, args.samples, args.out, batch_size=args.batch_size, command=args.argv,
+                             overwrite=args.overwrite)
     print(f"wrote {args.out}: {meta['n_completions']} completions scored by {args.rm} (mean {meta['reward_mean']:.3f})")
     return 0
 
@@ -142,7 +143,7 @@ def _label(args: argparse.Namespace) -> int:
 def _pref_to_rw(args: argparse.Namespace) -> int:
     from prefopt.rm import pref_to_rw
 
-    pref_to_rw(args.pairs, args.out, command=args.argv)
+    pref_to_rw(args.pairs, args.out, command=args.argv, overwrite=args.overwrite)
     print(f"wrote {args.out}")
     return 0
 
@@ -329,10 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("samples")
     label.add_argument("out")
     label.add_argument("--batch-size", type=int, default=32)
+    label.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never SAMPLES itself)")
     label.set_defaults(func=_label)
     to_rw = commands.add_parser("pref-to-rw", help="pairs → K = 2 rw rows with rewards [1, 0] (the pref setting)")
     to_rw.add_argument("pairs")
     to_rw.add_argument("out")
+    to_rw.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never PAIRS itself)")
     to_rw.set_defaults(func=_pref_to_rw)
     mean = commands.add_parser("mean-reward", help="a reward model's mean reward of a policy's samples")
     mean.add_argument("rm")
@@ -401,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--hub-probe", default="EleutherAI/pythia-2.8b", help="a Hub model to look up")
     pre.set_defaults(func=_preflight)
     tiny = commands.add_parser("tiny", help="write a tiny model, data and configs to try `prefopt train` offline")
-    tiny.add_argument("directory", help="folder to write into")
+    tiny.add_argument("directory", help="folder to write into (new or empty)")
+    tiny.add_argument("--overwrite", action="store_true", help="write into a non-empty folder, replacing our files")
     tiny.set_defaults(func=_tiny)
     return parser
 

@@ -388,6 +388,7 @@ def label_completions(
     dtype: str = "float32",
     device: Optional[str] = None,
     command: Optional[Sequence[str]] = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """The ``prefopt label`` stage (SPEC §6.1 step 4): score every completion of a samples file with the RM.
 
@@ -395,7 +396,11 @@ def label_completions(
     ``out_path`` receives the same rows, in order, with ``rewards`` aligned to ``completions`` (other keys kept, an
     existing ``rewards`` replaced), and ``<out_path>.meta.json`` the provenance record (:mod:`prefopt.runs`) with
     the RM, counts and reward statistics; both written atomically. ``max_length`` / ``max_prompt_length`` default to the RM's training lengths. Returns the meta dict.
+    ``out_path`` may never be ``samples_path``, nor an existing file unless ``overwrite`` (DataError).
     """
+    from prefopt.data.readers import check_output_path
+
+    check_output_path(out_path, [samples_path], overwrite=overwrite, what="label")
     record = StageRecord(meta_path(Path(out_path).expanduser()), "label", command=command)
     rows = _read_samples(samples_path)
     max_length, max_prompt_length = _lengths(rm_path, max_length, max_prompt_length)
@@ -426,11 +431,16 @@ def pref_to_rw(
     limit: Optional[int] = None,
     max_bad_fraction: float = 0.01,
     command: Optional[Sequence[str]] = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """The "pref" setting's rw data (SPEC §6.1 step 4): ``{prompt, chosen, rejected}`` pairs (any of our pairs
     formats, validated by :func:`prefopt.data.load_records`) → ``{prompt_id, prompt, completions: [chosen,
     rejected], rewards: [1.0, 0.0]}`` JSONL (dataset scores, if any, are not carried over), plus
-    ``<out_path>.meta.json`` (the provenance record of :mod:`prefopt.runs`); both atomic. Returns the meta dict."""
+    ``<out_path>.meta.json`` (the provenance record of :mod:`prefopt.runs`); both atomic. Returns the meta dict.
+    ``out_path`` may never be ``pairs_path``, nor an existing file unless ``overwrite`` (DataError)."""
+    from prefopt.data.readers import check_output_path
+
+    check_output_path(out_path, [pairs_path], overwrite=overwrite, what="pref-to-rw")
     record = StageRecord(meta_path(Path(out_path).expanduser()), "pref-to-rw", command=command)
     records, report = load_records(pairs_path, split=split, format="pairs", limit=limit,
                                    max_bad_fraction=max_bad_fraction, name=name)

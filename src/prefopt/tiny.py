@@ -122,15 +122,24 @@ EXAMPLE_CONFIGS = {
 }
 
 
-def write_example(directory: str | Path, *, n_pairs: int = 64, seed: int = 0) -> Path:
+def write_example(directory: str | Path, *, n_pairs: int = 64, seed: int = 0, overwrite: bool = False) -> Path:
     """A tiny model, data in our formats and one config per :data:`EXAMPLE_CONFIGS` entry, for trying ``prefopt train``
-    offline in seconds. The data are random word strings (no signal): they show the machinery, not a result."""
+    offline in seconds. The data are random word strings (no signal): they show the machinery, not a result.
+
+    ``directory`` must be new or empty unless ``overwrite`` (then the files written here replace any of the same
+    name; others are left alone): a :class:`prefopt.errors.ConfigError` otherwise, so user files are never lost."""
     import json
     import random
 
     import yaml
 
-    directory = Path(directory)
+    from prefopt.errors import ConfigError
+
+    directory = Path(directory).expanduser()
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{directory} is a file, not a folder; give `prefopt tiny` a new or empty folder")
+    if directory.is_dir() and any(directory.iterdir()) and not overwrite:
+        raise ConfigError(f"{directory} is not empty; give `prefopt tiny` a new or empty folder, or pass --overwrite")
     directory.mkdir(parents=True, exist_ok=True)
     save_tiny(directory / "model", EXAMPLE_WORDS, seed=seed)
     rng = random.Random(seed)

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
-from prefopt.data.readers import _quote_bad, _read_rows, _UnreadableRow
+from prefopt.data.readers import _quote_bad, _quote_rows, _read_rows, _UnreadableRow
 from prefopt.errors import DataError
 
 logger = logging.getLogger(__package__)
@@ -55,7 +55,11 @@ class PreferenceRecord:
 
 @dataclass
 class DataReport:
-    """What :func:`load_records` read and dropped; ``bad`` holds ``(row index, reason)`` per malformed row."""
+    """What :func:`load_records` read and dropped; ``bad`` holds ``(row index, reason)`` per malformed row.
+
+    Indices are 0-based (``rows[index]``); messages and :meth:`summary` number rows from 1, like the lines of a JSONL
+    file (blank lines are not rows).
+    """
 
     source: str
     n_rows: int
@@ -518,8 +522,10 @@ def _make_ids_unique(records: list[PreferenceRecord]) -> None:
 
 
 def _parse_rows(rows: Sequence[Any], fmt: str, source_name: str):
+    """Records, their 0-based row indices, and ``(row index, reason)`` of the malformed rows."""
     parse = FORMAT_SPECS[fmt].parse
     records: list[PreferenceRecord] = []
+    indices: list[int] = []
     bad: list[tuple[int, str]] = []
     for index, row in enumerate(rows):
         try:
@@ -532,8 +538,27 @@ def _parse_rows(rows: Sequence[Any], fmt: str, source_name: str):
             bad.append((index, str(err)))
             continue
         records.append(PreferenceRecord(_row_id(row, source_name, index, fmt), prompt, completions, rewards))
+        indices.append(index)
     _make_ids_unique(records)
-    return records, bad
+    return records, indices, bad
+
+
+def _check_same_k(records: Sequence[PreferenceRecord], indices: Sequence[int], source: str) -> None:
+    """Every record of one source has the same K: batches stack K completions per record (SPEC §3), so a stray
+    K = 5 row among K = 4 ones would crash the trainer at whichever step first batches it, naming no row."""
+    by_k: dict[int, list[int]] = {}
+    for record, index in zip(records, indices):
+        by_k.setdefault(len(record.completions), []).append(index)
+    if len(by_k) < 2:
+        return
+    counts = sorted(len(rows) for rows in by_k.values())
+    # The most common K is told by its count, the others by their rows; on a tie for most common, every K by rows.
+    common = max(by_k, key=lambda k: len(by_k[k])) if counts[-1] > counts[-2] else None
+    parts = [f"K = {k} ({len(by_k[k])} row{'s' if len(by_k[k]) > 1 else ''})" if k == common
+             else f"K = {k} ({_quote_rows(by_k[k])})"
+             for k in sorted(by_k)]
+    found = ", ".join(parts[:-1]) + f" and {parts[-1]}"
+    raise DataError(f"{source}: rows have {found}: every row of a source must have the same number of completions")
 
 
 def _check_bad_fraction(report: DataReport, max_bad_fraction: float) -> None:
@@ -562,9 +587,11 @@ def _load(source, *, split, format, limit, max_bad_fraction, name, prompts_only=
     if not rows:
         raise DataError(f"{source} (split={split!r}) has no rows; point the data setting at a non-empty file or split")
     fmt = _resolve_format(format, rows, source, prompts_only=prompts_only)
-    records, bad = _parse_rows(rows, fmt, source_name)
+    records, indices, bad = _parse_rows(rows, fmt, source_name)
     report = DataReport(source=source, n_rows=len(rows), n_kept=len(records), bad=bad, format=fmt)
     _check_bad_fraction(report, max_bad_fraction)
+    if not prompts_only:
+        _check_same_k(records, indices, source)
     (logger.warning if bad else logger.info)(report.summary())
     return records, report
 
@@ -588,7 +615,8 @@ def load_records(
     format="hh")``; for TL;DR comparisons pass ``name="comparisons", split=tldr_split(ours)``. ``limit`` keeps the
     first rows before validation (quick runs). Malformed rows are dropped and listed in the report; more
     than ``max_bad_fraction`` of them raises :class:`DataError`, as does an unreadable source, so that a wrong file
-    or schema fails the run at once instead of training on garbage.
+    or schema fails the run at once instead of training on garbage. So do kept rows with different numbers of
+    completions K (rw rows of K = 4 and K = 5): the error names the source, the rows of the rarer K and every K found.
     """
     return _load(source, split=split, format=format, limit=limit, max_bad_fraction=max_bad_fraction, name=name,
                  data_dir=data_dir)

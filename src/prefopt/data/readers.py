@@ -2,7 +2,9 @@
 
 Rows come back as they are stored (dicts, or an :class:`_UnreadableRow` placeholder for a JSONL line that is not JSON,
 so that row indices match the file); any source that cannot be read at all becomes one :class:`DataError` line.
-Also here: the bad-row bookkeeping shared by the loaders and the tokeniser (:func:`_quote_bad`, :func:`_short_cause`).
+Also here: the bad-row bookkeeping shared by the loaders and the tokeniser (:func:`_quote_bad`, :func:`_short_cause`;
+row indices are 0-based in reports and 1-based in messages, so "row 1" is a JSONL file's first row), and the guard
+the writing stages use against overwriting their input or an existing file (:func:`check_output_path`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,44 @@ from prefopt.hub import offline_from_env
 QUOTED_BAD_ROWS = 5
 
 
+def _row_number(index: int) -> int:
+    """The 1-based row number a message shows for the 0-based ``index`` (row 1 is a JSONL file's first row)."""
+    return index + 1
+
+
 def _quote_bad(bad: Sequence[tuple[int, str]], label: str = "row") -> str:
-    return "; ".join(f"{label} {index}: {reason}" for index, reason in bad[:QUOTED_BAD_ROWS])
+    """The first :data:`QUOTED_BAD_ROWS` of ``(0-based index, reason)`` pairs, numbered from 1 like lines."""
+    return "; ".join(f"{label} {_row_number(index)}: {reason}" for index, reason in bad[:QUOTED_BAD_ROWS])
+
+
+def _quote_rows(indices: Sequence[int]) -> str:
+    """``row 37`` / ``rows 3, 9, 12`` (1-based; the first :data:`QUOTED_BAD_ROWS`, then how many more)."""
+    shown = ", ".join(str(_row_number(i)) for i in indices[:QUOTED_BAD_ROWS])
+    more = f" and {len(indices) - QUOTED_BAD_ROWS} more" if len(indices) > QUOTED_BAD_ROWS else ""
+    return f"row{'s' if len(indices) > 1 else ''} {shown}{more}"
+
+
+def check_output_path(out: str | Path, inputs: Sequence[str | Path], *, overwrite: bool, what: str) -> Path:
+    """Refuse to write ``out`` over one of ``inputs`` (always) or over an existing file (unless ``overwrite``).
+
+    Returns ``out`` expanded. ``inputs`` that are not local files (Hub ids) are ignored; "the same file" is decided on
+    resolved paths and, for existing files, :func:`os.path.samefile` (symlinks and hard links included).
+    """
+    import os
+
+    path = Path(out).expanduser()
+    for source in inputs:
+        src = Path(source).expanduser()
+        if not src.is_file():
+            continue
+        same = src.resolve() == path.resolve() or (path.exists() and os.path.samefile(src, path))
+        if same:
+            raise DataError(f"{what}: the output {out} is the input {source}; write to another file")
+    if path.is_dir():
+        raise DataError(f"{what}: the output {out} is a folder; give a file path")
+    if path.exists() and not overwrite:
+        raise DataError(f"{what}: the output {out} already exists; pass --overwrite to replace it")
+    return path
 
 
 @dataclass

@@ -24,7 +24,9 @@ class TokenizeReport:
     """What :func:`tokenize_records` cut and dropped.
 
     ``n_prompt_truncated`` counts records whose prompt was cut, ``n_completion_truncated`` counts completions (over
-    all K of every record) that were cut, ``dropped`` holds ``(record index, reason)``. ``bos_policy`` says how the
+    all K of every record) that were cut, ``dropped`` holds ``(record index, reason)`` (0-based indices into the
+    records; the summary numbers them from 1), ``n_identical`` how many of those were dropped because all their
+    responses are the same tokens after truncation (no preference left to learn). ``bos_policy`` says how the
     leading BOS was handled: ``prepend`` (the tokenizer adds one: exactly one), ``keep`` (it does not: keep the
     template's, without duplicates) or ``none`` (no BOS token).
     """
@@ -35,6 +37,7 @@ class TokenizeReport:
     n_completion_truncated: int = 0
     n_dropped: int = 0
     dropped: list[tuple[int, str]] = field(default_factory=list)
+    n_identical: int = 0
     bos_policy: str = ""
 
     def drop(self, index: int, reason: str) -> None:
@@ -48,6 +51,8 @@ class TokenizeReport:
             f"{self.n_prompt_truncated} prompts cut on the left, {self.n_completion_truncated} completions cut on "
             f"the right, {self.n_dropped} records dropped"
         )
+        if self.n_identical:
+            text += f" ({self.n_identical} with identical responses after truncation)"
         if self.dropped:
             text += f" ({_quote_bad(self.dropped, label='record')})"
         return text
@@ -165,7 +170,7 @@ def encode_prompts(prompts: Sequence[Prompt], tokenizer) -> list[list[int]]:
     the sampling stage feeds these ids to the model (SPEC §6.1 step 4).
     """
     _check_chat_template(prompts, tokenizer)
-    texts = [_render_prompt(tokenizer, prompt, f"prompt {i}") for i, prompt in enumerate(prompts)]
+    texts = [_render_prompt(tokenizer, prompt, f"prompt {i}") for i, prompt in enumerate(prompts, start=1)]
     return _encode_prompt_texts(tokenizer, texts, _BosPolicy.of(tokenizer))
 
 
@@ -195,8 +200,9 @@ def _truncate_prompt(ids: list[int], max_prompt_length: int, bos_id: Optional[in
     return ids[len(ids) - max_prompt_length:]
 
 
-def _pack(index, record, prompt_ids, completion_ids, *, max_length, max_prompt_length, bos, report):
-    """One tokenised feature, or None (and a report entry) when the record cannot be scored."""
+def _pack(index, record, prompt_ids, completion_ids, *, max_length, max_prompt_length, bos, report, drop_identical):
+    """One tokenised feature, or None (and a report entry) when the record cannot be scored or, with
+    ``drop_identical``, carries no preference (K >= 2 responses all the same tokens after truncation)."""
     if any(not c for c in completion_ids):
         report.drop(index, "a completion is empty after tokenisation")
         return None
@@ -207,8 +213,14 @@ def _pack(index, record, prompt_ids, completion_ids, *, max_length, max_prompt_l
         return None
     room = max_length - len(truncated)
     report.n_completion_truncated += sum(len(c) > room for c in completion_ids)
+    kept = [c[:room] for c in completion_ids]
+    if drop_identical and len(kept) >= 2 and all(c == kept[0] for c in kept[1:]):
+        cut = " after truncation to max_length" if any(len(c) > room for c in completion_ids) else ""
+        report.drop(index, f"all {len(kept)} responses are identical{cut} (id {record.id})")
+        report.n_identical += 1
+        return None
     return {"index": index, "id": record.id, "prompt_ids": truncated,
-            "completion_ids": [c[:room] for c in completion_ids], "rewards": [float(r) for r in record.rewards]}
+            "completion_ids": kept, "rewards": [float(r) for r in record.rewards]}
 
 
 def tokenize_completions(
@@ -222,14 +234,16 @@ def tokenize_completions(
         PreferenceRecord(id=str(i), prompt=prompt, completions=list(group), rewards=[0.0] * len(group))
         for i, (prompt, group) in enumerate(zip(prompts, completions))
     ]
-    examples, report = tokenize_records(records, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
+    examples, report = tokenize_records(records, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
+                                        drop_identical=False)
     if report.n_dropped:
         raise DataError(f"{report.n_dropped} records could not be scored: {report.summary()}")
     return examples
 
 
 def tokenize_records(
-    records: Sequence[PreferenceRecord], tokenizer, *, max_length: int, max_prompt_length: int
+    records: Sequence[PreferenceRecord], tokenizer, *, max_length: int, max_prompt_length: int,
+    drop_identical: bool = True,
 ) -> tuple[list[dict], TokenizeReport]:
     """Token ids of each record: ``{index, id, prompt_ids, completion_ids (K lists), rewards}`` (K = 1 for SFT).
 
@@ -238,6 +252,12 @@ def tokenize_records(
     the response plus EOS (SPEC §1). Ids are built with ``add_special_tokens=False`` and then given exactly one
     leading BOS where the tokenizer uses one (see :class:`_BosPolicy`). Prompts are cut on the left to
     ``max_prompt_length`` (keeping BOS), responses on the right so prompt + response <= ``max_length``.
+
+    Dropped (and listed in the report, 1-based in its summary): records with an empty completion or prompt after
+    tokenisation and, with ``drop_identical`` (the default), records of K >= 2 whose responses are all the same
+    tokens after truncation — a pair cut to the same prefix carries no preference; a K-candidate row with only some
+    repeats is kept. There is no max_bad_fraction here: the load-time check covers malformed rows, and a
+    :class:`DataError` is raised only when every record is dropped.
     """
     _check_lengths(max_length, max_prompt_length)
     _check_tokenizer(records, tokenizer)
@@ -247,7 +267,7 @@ def tokenize_records(
     encoded = _encode_all(records, tokenizer, bos)
     for index, (record, (prompt_ids, completion_ids)) in enumerate(zip(records, encoded)):
         feature = _pack(index, record, prompt_ids, completion_ids, max_length=max_length,
-                        max_prompt_length=max_prompt_length, bos=bos, report=report)
+                        max_prompt_length=max_prompt_length, bos=bos, report=report, drop_identical=drop_identical)
         if feature is not None:
             features.append(feature)
     report.n_kept = len(features)
