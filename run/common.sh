@@ -12,6 +12,13 @@
 #   METHODS   space-separated methods to align (default: the experiment's methods)
 #   EVAL_CHECKPOINT  checkpoint folder of each run that is evaluated (default: final; or checkpoint-N)
 #   DRY_RUN   1 = print each command instead of running it (skips are reported on stderr)
+#   FINGERPRINTS  the stage-marker command (default: .venv/bin/python -m prefopt.fingerprints when the repository has
+#             a .venv, else python3 -m prefopt.fingerprints)
+#
+# Skip rule: a stage is skipped only when its marker (.done_<output>.json beside its output, written by
+# `python -m prefopt.fingerprints record` after the stage's command succeeded) says that its outputs AND its inputs
+# still have the fingerprints recorded then. A changed or missing output, or a changed input (a retrained model, a
+# new data file), redoes the stage, and a stage redone with different outputs redoes the stages that read them.
 
 PREFOPT=${PREFOPT:-prefopt}
 RESULTS=${RESULTS:-results}
@@ -26,6 +33,13 @@ REPO_ROOT=${REPO_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 cd "$REPO_ROOT" || exit 1
 
 read -r -a PREFOPT_CMD <<< "$PREFOPT"
+if [[ -n "${FINGERPRINTS:-}" ]]; then
+    read -r -a FINGERPRINT_CMD <<< "$FINGERPRINTS"
+elif [[ -x .venv/bin/python ]]; then
+    FINGERPRINT_CMD=(.venv/bin/python -m prefopt.fingerprints)
+else
+    FINGERPRINT_CMD=(python3 -m prefopt.fingerprints)
+fi
 read -r -a EXTRA_ARGS <<< "$EXTRA"
 if [[ -n "$LAUNCH" ]]; then
     read -r -a TRAIN_CMD <<< "$LAUNCH"
@@ -47,14 +61,58 @@ run() {
     fi
 }
 
-# done_ PATH [NAME]: true when a stage's output exists (a file, or a folder that is not empty); says so on stderr.
+# marker_of OUTPUT: the marker file of a stage whose (first) output is OUTPUT.
+marker_of() { printf '%s/.done_%s.json' "$(dirname "$1")" "$(basename "$1")"; }
+
+# done_ OUTPUT [NAME]: true when OUTPUT's marker exists and its recorded outputs and inputs are unchanged (checked by
+# `prefopt.fingerprints check`); says on stderr why a stage is skipped or redone.
 done_() {
-    local path=$1 name=${2:-$1}
-    if [[ -f "$path" || ( -d "$path" && -n "$(ls -A "$path" 2>/dev/null)" ) ]]; then
-        log "skip $name: $path exists"
+    local path=$1 name=${2:-$1} marker why
+    marker=$(marker_of "$path")
+    if [[ ! -f "$marker" ]]; then
+        [[ -e "$path" ]] && log "redo $name: $path exists but has no marker $marker"
+        return 1
+    fi
+    if why=$("${FINGERPRINT_CMD[@]}" check "$marker" 2>&1); then
+        log "skip $name: $path unchanged"
         return 0
     fi
+    log "redo $name: ${why#stale: }"
     return 1
+}
+
+# mark OUTPUT [--also PATH]... [--in PATH]...: record the fingerprints of OUTPUT (which must exist), of the other
+# outputs (--also) and of the stage's inputs (--in) into OUTPUT's marker. Nothing in a dry run; only a warning when
+# the command left no OUTPUT (the stage then reruns next time).
+mark() {
+    [[ "$DRY_RUN" == 1 ]] && return 0
+    local output=$1 args=()
+    shift
+    if [[ ! -e "$output" ]]; then
+        log "no marker for $output: the command did not write it"
+        return 0
+    fi
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+            --also) args+=("$2") ;;
+            --in) args+=("--input=$2") ;;
+            *) log "mark: expected --also or --in, got $1"; exit 2 ;;
+        esac
+        shift 2
+    done
+    "${FINGERPRINT_CMD[@]}" record "$(marker_of "$output")" "$output" "${args[@]}"
+}
+
+# step NAME OUTPUT [--also PATH]... [--in PATH]... -- CMD...: run CMD unless done_ OUTPUT, then mark its outputs and
+# inputs.
+step() {
+    local name=$1 output=$2 marks=()
+    shift 2
+    while [[ $# -gt 0 && "$1" != -- ]]; do marks+=("$1"); shift; done
+    shift
+    done_ "$output" "$name" && return 0
+    run "$@"
+    mark "$output" "${marks[@]}"
 }
 
 # need FILE HOW: fail early (not in a dry run) when an input file is missing.
@@ -65,13 +123,16 @@ need() {
     fi
 }
 
-# train_stage SUBCOMMAND CONFIG RUN_DIR [--key value ...]: prefopt train|sft|rm into RUN_DIR unless RUN_DIR/metrics.json
-# exists. The run folder is passed as --output_dir so that RESULTS decides where it goes; EXTRA comes last.
+# train_stage SUBCOMMAND CONFIG RUN_DIR [--in INPUT]... [--key value ...]: prefopt train|sft|rm into RUN_DIR unless its
+# marker (beside RUN_DIR/metrics.json: metrics.json, final/ and $EVAL_CHECKPOINT/, the config and each --in INPUT) is
+# unchanged. The run folder is passed as --output_dir so that RESULTS decides where it goes; EXTRA comes last.
 train_stage() {
-    local sub=$1 config=$2 run_dir=$3
+    local sub=$1 config=$2 run_dir=$3 inputs=()
     shift 3
-    done_ "$run_dir/metrics.json" "$sub $(basename "$run_dir")" && return 0
-    run "${TRAIN_CMD[@]}" "$sub" "$config" --output_dir "$run_dir" "$@" "${EXTRA_ARGS[@]}"
+    while [[ "${1:-}" == --in ]]; do inputs+=(--in "$2"); shift 2; done
+    step "$sub $(basename "$run_dir")" "$run_dir/metrics.json" --also "$run_dir/final" \
+        --also "$run_dir/$EVAL_CHECKPOINT" --in "$config" "${inputs[@]}" -- \
+        "${TRAIN_CMD[@]}" "$sub" "$config" --output_dir "$run_dir" "$@" "${EXTRA_ARGS[@]}"
 }
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -114,21 +175,24 @@ table1_pipeline() {
     train_stage rm "$CONFIGS/table1/$dataset/rm.yaml" "$rm_dir"
 
     # 3. rw data: K samples per train prompt from the SFT model, labelled by the RM
-    local data_override=()
+    local data_override=() train_inputs=(--in "$sft_model")
     if [[ "$mode" == rw ]]; then
         local samples="$out/$setting/train_samples.jsonl" rw_data="$out/$setting/rw_train.jsonl"
         if ! done_ "$samples" "sample train K=$k"; then
             need "$train_prompts" "export the train split first (see run/README.md, TRAIN_PROMPTS)"
             run "${PREFOPT_CMD[@]}" sample "$sft_model" "$train_prompts" "$samples" --k "$k" "${sampling[@]}"
+            mark "$samples" --in "$sft_model" --in "$train_prompts"
         fi
-        done_ "$rw_data" "label" || run "${PREFOPT_CMD[@]}" label "$rm_model" "$samples" "$rw_data"
+        step "label" "$rw_data" --in "$rm_model" --in "$samples" -- \
+            "${PREFOPT_CMD[@]}" label --overwrite "$rm_model" "$samples" "$rw_data"  # a stale rw file is redone
         data_override=(--data.train "$rw_data")
+        train_inputs+=(--in "$rw_data")
     fi
 
     # 4. align each method from the SFT model (policy and reference)
     local method
     for method in $methods; do
-        train_stage train "$CONFIGS/table1/$setting/$method.yaml" "$out/${setting}_${method}" \
+        train_stage train "$CONFIGS/table1/$setting/$method.yaml" "$out/${setting}_${method}" "${train_inputs[@]}" \
             --model.name_or_path "$sft_model" --model.ref_name_or_path "$sft_model" "${data_override[@]}"
     done
     [[ "${STAGES:-all}" == train ]] && return 0  # STAGES=train: train now, evaluate in a later call
@@ -139,23 +203,24 @@ table1_pipeline() {
     if ! done_ "$sft_samples" "sample test sft"; then
         need "$test_pairs" "export the test split first (see run/README.md, TEST_PAIRS)"
         run "${PREFOPT_CMD[@]}" sample "$sft_model" "$test_pairs" "$sft_samples" --k 4 --limit "$n_test" "${sampling[@]}"
+        mark "$sft_samples" --in "$sft_model" --in "$test_pairs"
     fi
-    done_ "$eval_dir/sft_mean_reward.json" "mean-reward sft" ||
-        run "${PREFOPT_CMD[@]}" mean-reward "$rm_model" "$sft_samples" --out "$eval_dir/sft_mean_reward.json"
+    step "mean-reward sft" "$eval_dir/sft_mean_reward.json" --in "$rm_model" --in "$sft_samples" -- \
+        "${PREFOPT_CMD[@]}" mean-reward "$rm_model" "$sft_samples" --out "$eval_dir/sft_mean_reward.json"
 
     for method in $methods; do
         local run_dir="$out/${setting}_${method}"
         local ev="$run_dir/eval_${EVAL_CHECKPOINT}" policy="$run_dir/$EVAL_CHECKPOINT"
-        done_ "$ev/samples.jsonl" "sample test $method" ||
-            run "${PREFOPT_CMD[@]}" sample "$policy" "$test_pairs" "$ev/samples.jsonl" --k 4 --limit "$n_test" "${sampling[@]}"
-        done_ "$ev/mean_reward.json" "mean-reward $method" ||
-            run "${PREFOPT_CMD[@]}" mean-reward "$rm_model" "$ev/samples.jsonl" --out "$ev/mean_reward.json"
+        step "sample test $method" "$ev/samples.jsonl" --in "$policy" --in "$test_pairs" -- \
+            "${PREFOPT_CMD[@]}" sample "$policy" "$test_pairs" "$ev/samples.jsonl" --k 4 --limit "$n_test" "${sampling[@]}"
+        step "mean-reward $method" "$ev/mean_reward.json" --in "$rm_model" --in "$ev/samples.jsonl" -- \
+            "${PREFOPT_CMD[@]}" mean-reward "$rm_model" "$ev/samples.jsonl" --out "$ev/mean_reward.json"
         if [[ "${SKIP_JUDGE:-0}" != 1 ]]; then
-            done_ "$ev/vs_sft/winrate.json" "judge $method vs sft" ||
-                run "${PREFOPT_CMD[@]}" judge "$ev/samples.jsonl" "$sft_samples" "$ev/vs_sft" \
+            step "judge $method vs sft" "$ev/vs_sft/winrate.json" --in "$ev/samples.jsonl" --in "$sft_samples" -- \
+                "${PREFOPT_CMD[@]}" judge "$ev/samples.jsonl" "$sft_samples" "$ev/vs_sft" \
                     --template "$template" --baseline-kind samples --n-prompts "$n_judge" "${judge_args[@]}"
-            done_ "$ev/vs_chosen/winrate.json" "judge $method vs chosen" ||
-                run "${PREFOPT_CMD[@]}" judge "$ev/samples.jsonl" "$test_pairs" "$ev/vs_chosen" \
+            step "judge $method vs chosen" "$ev/vs_chosen/winrate.json" --in "$ev/samples.jsonl" --in "$test_pairs" -- \
+                "${PREFOPT_CMD[@]}" judge "$ev/samples.jsonl" "$test_pairs" "$ev/vs_chosen" \
                     --template "$template" --baseline-kind chosen --n-prompts "$n_judge" "${judge_args[@]}"
         fi
     done
@@ -193,14 +258,16 @@ bench_pipeline() {
         for benchmark in $benchmarks; do
             local answers="$dir/${benchmark}_answers.jsonl"
             [[ "$benchmark" == alpaca_eval ]] && answers="$dir/${benchmark}_answers.json"
-            done_ "$answers" "bench-generate $method $benchmark" ||
-                run "${PREFOPT_CMD[@]}" bench-generate "$model" "$benchmark" --family "$family" --out "$dir" \
+            step "bench-generate $method $benchmark" "$answers" --in "$model" -- \
+                "${PREFOPT_CMD[@]}" bench-generate "$model" "$benchmark" --family "$family" --out "$dir" \
                     --name "$method" "${gen_args[@]}"
             local baseline=()
             [[ "$benchmark" == alpaca_eval && -n "${ALPACA_BASELINE:-}" ]] && baseline=(--baseline "$ALPACA_BASELINE")
             [[ "$benchmark" == arena_hard && -n "${ARENA_BASELINE:-}" ]] && baseline=(--baseline "$ARENA_BASELINE")
-            done_ "$dir/$benchmark.json" "bench-score $method $benchmark" ||
-                run "${PREFOPT_CMD[@]}" bench-score "$benchmark" "$answers" --name "$method" --out "$dir/$benchmark.json" \
+            local score_inputs=(--in "$answers")
+            [[ ${#baseline[@]} -gt 0 ]] && score_inputs+=(--in "${baseline[1]}")
+            step "bench-score $method $benchmark" "$dir/$benchmark.json" "${score_inputs[@]}" -- \
+                "${PREFOPT_CMD[@]}" bench-score "$benchmark" "$answers" --name "$method" --out "$dir/$benchmark.json" \
                     "${baseline[@]}" "${score_args[@]}"
         done
     done

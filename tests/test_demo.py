@@ -122,3 +122,66 @@ def test_rerun_reuses_finished_stages_and_redoes_changed_ones(demo):
         assert (out / stage / "stage.json").stat().st_mtime_ns == before[out / stage / "stage.json"]
     assert (out / "data" / "stage.json").stat().st_mtime_ns != before[out / "data" / "stage.json"]
     assert noisier["label_stats"]["train"]["flipped"] > metrics["label_stats"]["train"]["flipped"]
+
+
+def test_changed_outputs_redo_their_stage_and_a_retrained_model_its_evaluation(demo, tmp_path, monkeypatch, caplog):
+    """Stale results are not trusted (on a copy of the fixture's folder, which the other tests share): (a) a cut pairs
+    file or a truncated model.safetensors redoes the stage that wrote it (and, when the rebuilt output differs, every
+    stage that read it); (b) a run retrained on other data (its stage.json deleted) gets its evaluation redone, so the
+    table shows the new model's numbers."""
+    import logging
+    import shutil
+
+    from prefopt.fingerprints import fingerprint
+    from prefopt.smallworld import demo as demo_module
+
+    out, settings, _ = demo
+    copy = tmp_path / "demo"
+    shutil.copytree(out, copy)
+    settings = replace(settings, out=str(copy), methods=("dpo", "simpo"))
+    # settle the copy on these settings first (the rerun test above relabels the shared folder at another noise)
+    metrics = run_demo(settings, progress=False)
+    table = (copy / "table.md").read_text()
+    pairs = copy / "data" / "pref_train.jsonl"
+    lines = pairs.read_text().splitlines(keepends=True)
+    model = copy / "runs" / "dpo" / "final" / "model.safetensors"
+    model_fp = fingerprint(model.parent)
+    stamp = lambda p: (copy / p / "stage.json").stat().st_mtime_ns
+    before = {p: stamp(p) for p in ("data", "runs/dpo", "runs/dpo/eval", "runs/simpo", "runs/simpo/eval")}
+
+    # (a) cut the pairs file to half its lines, truncate DPO's model
+    pairs.write_text("".join(lines[: len(lines) // 2]))
+    model.write_bytes(model.read_bytes()[:1000])
+    with caplog.at_level(logging.WARNING, logger="prefopt.smallworld.demo"):
+        again = run_demo(settings, progress=False)
+    assert pairs.read_text().splitlines(keepends=True) == lines  # the label stage was redone
+    assert stamp("data") != before["data"]
+    assert stamp("runs/dpo") != before["runs/dpo"] and model.stat().st_size > 1000  # DPO retrained
+    assert any("pref_train.jsonl changed size" in r.message for r in caplog.records), caplog.text
+    assert any("model.safetensors changed size" in r.message for r in caplog.records), caplog.text
+    if fingerprint(model.parent) != model_fp:  # the retrained model differs: its evaluation is redone
+        assert stamp("runs/dpo/eval") != before["runs/dpo/eval"]
+    else:  # the same model again: its evaluation still holds, and the table is the same
+        assert (copy / "table.md").read_text() == table
+    assert stamp("runs/simpo") == before["runs/simpo"]  # relabelled pairs are identical: SimPO is kept
+    assert again["results"]["simpo"] == metrics["results"]["simpo"]
+
+    # (b) DPO retrained on the first quarter of its pairs (its stage.json deleted): its evaluation follows
+    (copy / "runs" / "dpo" / "stage.json").unlink()
+    eval_before = stamp("runs/dpo/eval")
+    train = demo_module.Pipeline._train
+
+    def train_on_fewer_rows(self, folder, model_path, data, *args, **kwargs):
+        if folder.name == "dpo":
+            fewer = tmp_path / "pref_train_quarter.jsonl"
+            fewer.write_text("".join(Path(data).read_text().splitlines(keepends=True)[: len(lines) // 4]))
+            data = fewer
+        return train(self, folder, model_path, data, *args, **kwargs)
+
+    monkeypatch.setattr(demo_module.Pipeline, "_train", train_on_fewer_rows)
+    retrained = run_demo(settings, progress=False)
+    assert stamp("runs/dpo/eval") != eval_before
+    assert retrained["results"]["dpo"] != again["results"]["dpo"]
+    assert json.loads((copy / "runs" / "dpo" / "eval.json").read_text()) == retrained["results"]["dpo"]
+    assert (copy / "table.md").read_text() != table
+    assert stamp("runs/simpo/eval") == before["runs/simpo/eval"]

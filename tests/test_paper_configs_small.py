@@ -56,10 +56,14 @@ def _run_script(small, script, method, data, results):
 ])
 def test_paper_config_trains_two_steps_through_its_script(small, tmp_path, script, config, method, data, run_name):
     results = tmp_path / "results"
-    # Table 1's SFT and reward model stages are finished already (the script skips them): only alignment runs
+    # Table 1's SFT and reward model stages are finished already, with their stage markers (the script skips them):
+    # only alignment runs
     for done in ("table1/hh_sft", "table1/hh_rm"):
         (results / done).mkdir(parents=True)
         (results / done / "metrics.json").write_text("{}")
+        subprocess.run([sys.executable, "-m", "prefopt.fingerprints", "record",
+                        str(results / done / ".done_metrics.json.json"), str(results / done / "metrics.json")],
+                       check=True)
     proc = _run_script(small, script, method, data, results)
     assert proc.returncode == 0, proc.stderr[-2000:]
 

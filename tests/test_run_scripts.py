@@ -11,6 +11,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,12 +38,22 @@ BENCH = {  # script: (table, config folder, family, methods)
 SCRIPTS = sorted([*TABLE1, *BENCH])
 BASH = shutil.which("bash")
 pytestmark = pytest.mark.skipif(BASH is None, reason="no bash")
+FINGERPRINTS = f"{shlex.quote(sys.executable)} -m prefopt.fingerprints"  # the stage-marker command the scripts call
+
+
+def mark_done(output: Path, text: str = "{}") -> None:
+    """Write a stage's output and the marker the scripts write after the stage (run/common.sh `mark`): a finished
+    stage. (Markers written by the scripts also record the stage's inputs; this one records the output only.)"""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    marker = output.parent / f".done_{output.name}.json"
+    subprocess.run([sys.executable, "-m", "prefopt.fingerprints", "record", str(marker), str(output)], check=True)
 
 
 def dry_run(script: str, results: Path, **env: str) -> list[list[str]]:
     """The commands `DRY_RUN=1 run/<script>.sh` prints, each split into words."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("EXTRA", "LAUNCH", "METHODS", "PREFOPT", "RESULTS")}
-    full_env.update(DRY_RUN="1", RESULTS=str(results), **env)
+    full_env.update(DRY_RUN="1", RESULTS=str(results), FINGERPRINTS=FINGERPRINTS, **env)
     proc = subprocess.run([BASH, str(RUN / f"{script}.sh")], env=full_env, capture_output=True, text=True,
                           cwd=results, timeout=30)
     assert proc.returncode == 0, proc.stderr
@@ -154,35 +165,33 @@ def test_bench_dry_run(script, tmp_path):
 def test_skip_logic_table1(tmp_path):
     full = dry_run("hh_rw", tmp_path)
     for run_dir in ("hh_sft", "hh_rw_fpo"):
-        (tmp_path / "table1" / run_dir).mkdir(parents=True)
-        (tmp_path / "table1" / run_dir / "metrics.json").write_text("{}")
-    (tmp_path / "table1" / "hh_rw").mkdir()
-    (tmp_path / "table1" / "hh_rw" / "rw_train.jsonl").write_text("")  # the path the hh_rw configs read
+        mark_done(tmp_path / "table1" / run_dir / "metrics.json")
+    mark_done(tmp_path / "table1" / "hh_rw" / "rw_train.jsonl", "")  # the path the hh_rw configs read
+    # an output without its marker (written by hand, or by a stage that was interrupted) is not trusted
+    (tmp_path / "table1" / "hh_rm").mkdir()
+    (tmp_path / "table1" / "hh_rm" / "metrics.json").write_text("{}")
     cmds = dry_run("hh_rw", tmp_path)
     assert configs(cmds, "sft") == []
     assert configs(cmds, "train") == ["training_configs/table1/hh_rw/dpo.yaml", "training_configs/table1/hh_rw/exo.yaml"]
     assert "label" not in [stage(c) for c in cmds]
     assert len(cmds) == len(full) - 3
+    assert configs(cmds, "rm") == ["training_configs/table1/hh/rm.yaml"]
     # hh_pref shares the SFT and RM of hh: both are skipped once done
-    (tmp_path / "table1" / "hh_rm").mkdir()
-    (tmp_path / "table1" / "hh_rm" / "metrics.json").write_text("{}")
+    mark_done(tmp_path / "table1" / "hh_rm" / "metrics.json")
     assert {"sft", "rm"}.isdisjoint(stage(c) for c in dry_run("hh_pref", tmp_path))
     # an evaluation output skips its stage
     ev = tmp_path / "table1" / "hh_rw_fpo" / "eval_final"
-    (ev / "vs_sft").mkdir(parents=True)
-    (ev / "vs_sft" / "winrate.json").write_text("{}")
+    mark_done(ev / "vs_sft" / "winrate.json")
     judges = [c for c in dry_run("hh_rw", tmp_path) if stage(c) == "judge"]
     assert len(judges) == 5 and not any(str(ev / "vs_sft") in c for c in judges)
 
 
 def test_skip_logic_bench(tmp_path):
     run_dir = tmp_path / "table3" / "qwen2_dpo"
-    run_dir.mkdir(parents=True)
-    (run_dir / "metrics.json").write_text("{}")
+    mark_done(run_dir / "metrics.json")
     bench = tmp_path / "table3" / "bench" / "qwen2" / "dpo"
-    bench.mkdir(parents=True)
-    (bench / "mt_bench_answers.jsonl").write_text("")
-    (bench / "mt_bench.json").write_text("{}")
+    mark_done(bench / "mt_bench_answers.jsonl", "")
+    mark_done(bench / "mt_bench.json")
     cmds = dry_run("gamma_qwen2", tmp_path)
     assert "training_configs/table3/qwen2/dpo.yaml" not in configs(cmds, "train")
     assert len(configs(cmds, "train")) == 3
@@ -216,7 +225,7 @@ def test_real_mode_runs_commands_with_a_fake_prefopt(tmp_path):
         ' prev=$a; done\n')
     env = {k: v for k, v in os.environ.items() if k not in ("EXTRA", "LAUNCH", "DRY_RUN")}
     env.update(PREFOPT=f"{BASH} {fake}", RESULTS=str(tmp_path / "results"), FAKE_LOG=str(log), METHODS="dpo",
-               BENCHMARKS="mt_bench")
+               BENCHMARKS="mt_bench", FINGERPRINTS=FINGERPRINTS)
     for _ in range(2):  # the second run finds every run folder and answers file and only rebuilds the table
         proc = subprocess.run([BASH, str(RUN / "gamma_qwen2.sh")], env=env, capture_output=True, text=True,
                               timeout=30)
@@ -224,6 +233,45 @@ def test_real_mode_runs_commands_with_a_fake_prefopt(tmp_path):
     calls = log.read_text().splitlines()
     assert [c.split()[0] for c in calls] == ["train", "bench-generate", "bench-score", "bench-table", "bench-score",
                                              "bench-table"]  # the fake writes no score JSON, so scoring reruns
+
+
+def test_a_changed_output_or_input_redoes_its_stage(tmp_path):
+    """The skip rule: a stage is skipped only while its marker's outputs and inputs have their recorded fingerprints.
+    A fake `prefopt` writes a model and answers; cutting the answers redoes bench-generate, and a retrained model (a
+    changed input) redoes it too, although its answers file is intact."""
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "fake_prefopt.sh"
+    fake.write_text(
+        '#!/usr/bin/env bash\nset -eu\necho "$*" >> "$FAKE_LOG"\n'
+        'prev=""; for a in "$@"; do if [[ "$prev" == --output_dir ]]; then mkdir -p "$a/final"; echo "{}" > "$a/metrics.json";'
+        ' echo "weights $RANDOM$RANDOM" > "$a/final/model.safetensors"; fi;'
+        ' if [[ "$prev" == --out && "$1" == bench-generate ]]; then mkdir -p "$a"; printf "1\\n$RANDOM$RANDOM\\n" > "$a/$3_answers.jsonl"; fi;'
+        ' if [[ "$prev" == --out && "$1" == bench-score ]]; then echo "{}" > "$a"; fi;'
+        ' prev=$a; done\n')
+    results = tmp_path / "results"
+    env = {k: v for k, v in os.environ.items() if k not in ("EXTRA", "LAUNCH", "DRY_RUN")}
+    env.update(PREFOPT=f"{BASH} {fake}", RESULTS=str(results), FAKE_LOG=str(log), METHODS="dpo",
+               BENCHMARKS="mt_bench", FINGERPRINTS=FINGERPRINTS)
+
+    def run_script() -> tuple[list[str], str]:
+        start = len(log.read_text().splitlines()) if log.exists() else 0
+        proc = subprocess.run([BASH, str(RUN / "gamma_qwen2.sh")], env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return [c.split()[0] for c in log.read_text().splitlines()[start:]], proc.stderr
+
+    assert run_script()[0] == ["train", "bench-generate", "bench-score", "bench-table"]
+    assert run_script()[0] == ["bench-table"]  # every marker is fresh
+    answers = results / "table3" / "bench" / "qwen2" / "dpo" / "mt_bench_answers.jsonl"
+    answers.write_text("1\n")  # cut the answers file: its stage is redone, and the scoring of the new answers
+    calls, stderr = run_script()
+    assert calls == ["bench-generate", "bench-score", "bench-table"]
+    assert "redo bench-generate dpo mt_bench: output" in stderr and "mt_bench_answers.jsonl changed size" in stderr
+    model = results / "table3" / "qwen2_dpo" / "final" / "model.safetensors"
+    model.write_text(model.read_text()[:3])  # a truncated model: training is redone, and so is everything after it
+    calls, stderr = run_script()
+    assert calls == ["train", "bench-generate", "bench-score", "bench-table"], stderr
+    assert "model.safetensors changed size" in stderr
 
 
 def test_config_files_exist():

@@ -7,9 +7,12 @@ orders, through :func:`prefopt.evaluation.judge_win_rate` like the paper's judge
 the reference → table and metrics. Drawing the figures is the caller's (``prefopt demo`` calls
 :func:`prefopt.plots.draw_demo_figures` on the run folders); nothing here draws.
 
-Every stage writes its outputs and then a ``stage.json`` holding the hash of everything it depends on (settings and
-the upstream stages' hashes), written atomically last: a rerun skips a stage whose ``stage.json`` matches, and
-redoes one that was interrupted or whose inputs changed.
+Every stage writes its outputs and then a ``stage.json``, written atomically last, holding its ``key`` (the hash of
+everything it depends on: settings and the upstream stages' tokens) and the fingerprints of its ``outputs``
+(:mod:`prefopt.fingerprints`). A rerun skips a stage only when the key matches AND every output still has its recorded
+fingerprint; otherwise it redoes it (saying which output changed). A stage's token, which goes into its downstream
+stages' keys, hashes its key and the fingerprints of the outputs they read (for a training run, its ``final`` model):
+a stage rebuilt with different outputs (a retrained model) redoes every stage downstream of it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any, Optional, Sequence
 from tqdm.auto import tqdm
 
 from prefopt.evaluation import judge_win_rate
+from prefopt.fingerprints import digest, record_outputs, verify_outputs
 from prefopt.io import read_jsonl, write_json, write_jsonl
 from prefopt.runs import utc_now
 from prefopt.smallworld.world import HiddenRewardJudge, SmallWorld, WorldConfig
@@ -33,7 +37,7 @@ from prefopt.winrate import mean_and_ci
 logger = logging.getLogger(__name__)
 
 #: Part of every stage key: bump it when a stage's code changes what it writes, so old outputs are not reused.
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -110,13 +114,47 @@ def _hash(obj: Any) -> str:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _stage_done(folder: Path, key: str) -> bool:
+def _token(key: str, outputs: dict, passed: Optional[Sequence[str]] = None) -> str:
+    """What downstream stages put into their keys: this stage's key and the fingerprints of the outputs they read
+    (``passed``; every output when None)."""
+    return _hash([key, digest({k: v for k, v in outputs.items() if passed is None or k in passed})])
+
+
+def _stage_done(folder: Path, key: str, passed: Optional[Sequence[str]] = None) -> Optional[str]:
+    """The stage's token when ``folder/stage.json`` has ``key`` and every recorded output still has its fingerprint;
+    None (redo the stage) otherwise, with one log line when outputs changed under a matching key."""
     marker = folder / "stage.json"
-    return marker.is_file() and json.loads(marker.read_text()).get("key") == key
+    if not marker.is_file():
+        return None
+    try:
+        info = json.loads(marker.read_text())
+    except ValueError:
+        logger.warning("demo: redoing %s: unreadable stage.json", folder)
+        return None
+    if info.get("key") != key:
+        logger.info("demo: redoing %s: its settings or inputs changed", folder)
+        return None
+    problem = verify_outputs(info.get("outputs"), root=folder)
+    if problem:
+        logger.warning("demo: redoing %s: output %s", folder, problem)
+        return None
+    return _token(key, info["outputs"], passed)
 
 
-def _mark_done(folder: Path, key: str, **info) -> None:
-    write_json(folder / "stage.json", {"key": key, "finished": utc_now(), **info})
+def _mark_done(folder: Path, key: str, outputs: Sequence[str], passed: Optional[Sequence[str]] = None,
+               **info) -> str:
+    """Record the fingerprints of ``outputs`` (paths relative to ``folder``) with ``key``; returns the token."""
+    recorded = record_outputs(outputs, root=folder)
+    missing = [name for name, fp in recorded.items() if fp is None]
+    if missing:
+        raise RuntimeError(f"stage {folder} did not write {missing}")
+    write_json(folder / "stage.json", {"key": key, "finished": utc_now(), "outputs": recorded, **info})
+    return _token(key, recorded, passed)
+
+
+def _training_outputs(folder: Path) -> list[str]:
+    """What a training run leaves that later stages and the figures read: the model and the logs."""
+    return ["final", "metrics.jsonl", *(["margins.jsonl"] if (folder / "margins.jsonl").is_file() else [])]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -134,14 +172,17 @@ class Pipeline:
         self.labelled = Path(labelled or settings.out)
         self.world = SmallWorld(settings.world)
         self.timings: dict[str, float] = {}
+        self.tokens: dict[str, str] = {}  # eval stage tokens, by "eval:<run>"
 
     # -- 1. world -------------------------------------------------------------------------------------------------
     def world_stage(self) -> str:
         s, folder = self.s, self.shared / "world"
         key = s.key("world", s.world.to_dict(), s.seed, s.n_train_prompts, s.n_test_prompts, s.sft_per_prompt,
                     s.hidden_size, s.num_layers, s.num_heads)
-        if _stage_done(folder, key):
-            return key
+        outputs = ["base_model", "prompts_train.jsonl", "prompts_test.jsonl", "sft.jsonl"]
+        token = _stage_done(folder, key)
+        if token:
+            return token
         from prefopt.tiny import build_model
 
         tokenizer = self.world.tokenizer()
@@ -154,27 +195,27 @@ class Pipeline:
         write_jsonl(folder / "prompts_train.jsonl", train)
         write_jsonl(folder / "prompts_test.jsonl", test)
         write_jsonl(folder / "sft.jsonl", self.world.sft_rows(train, per_prompt=s.sft_per_prompt, seed=s.seed))
-        _mark_done(folder, key, world=s.world.to_dict())
-        return key
+        return _mark_done(folder, key, outputs, world=s.world.to_dict())
 
     # -- 2. SFT ---------------------------------------------------------------------------------------------------
     def sft_stage(self, upstream: str) -> str:
         s, folder = self.s, self.shared / "runs" / "sft"
         train = {"num_train_epochs": s.sft_epochs, "learning_rate": s.sft_learning_rate, "warmup_ratio": 0.05}
         key = s.key("sft", upstream, train, s.batch_size)
-        if _stage_done(folder, key):
-            return key
+        token = _stage_done(folder, key, passed=["final"])
+        if token:
+            return token
         self._train(folder, self.shared / "world" / "base_model", self.shared / "world" / "sft.jsonl",
                     {"name": "sft"}, dict(train, run_name="sft"), data_format="sft")
-        _mark_done(folder, key)
-        return key
+        return _mark_done(folder, key, _training_outputs(folder), passed=["final"])
 
     # -- 3. samples from the SFT model ----------------------------------------------------------------------------
     def sample_stage(self, upstream: str) -> str:
         s, folder = self.s, self.shared / "samples"
         key = s.key("samples", upstream, s.k, s.eval_samples, s.sample_temperature, s.max_new_tokens)
-        if _stage_done(folder, key):
-            return key
+        token = _stage_done(folder, key)
+        if token:
+            return token
         model_dir = self.shared / "runs" / "sft" / "final"
         for name, k in (("train", s.k), ("test", s.k)):
             prompts = read_jsonl(self.shared / "world" / f"prompts_{name}.jsonl")
@@ -182,15 +223,15 @@ class Pipeline:
             write_jsonl(folder / f"{name}.jsonl", [
                 {"id": p["id"], "prompt": p["prompt"], "completions": c} for p, c in zip(prompts, completions)
             ])
-        _mark_done(folder, key)
-        return key
+        return _mark_done(folder, key, ["train.jsonl", "test.jsonl"])
 
     # -- 4. labels ------------------------------------------------------------------------------------------------
     def label_stage(self, upstream: str) -> str:
         s, folder = self.s, self.labelled / "data"
         key = s.key("labels", upstream, s.noise, s.bt_temperature)
-        if _stage_done(folder, key):
-            return key
+        token = _stage_done(folder, key)
+        if token:
+            return token
         stats = {}
         for name in ("train", "test"):
             samples = read_jsonl(self.shared / "samples" / f"{name}.jsonl")
@@ -199,8 +240,8 @@ class Pipeline:
             write_jsonl(folder / f"rw_{name}.jsonl", rw)
             write_jsonl(folder / f"pref_{name}.jsonl", pref)
         write_json(folder / "label_stats.json", stats)
-        _mark_done(folder, key, stats=stats)
-        return key
+        outputs = [f"{kind}_{name}.jsonl" for name in ("train", "test") for kind in ("rw", "pref")]
+        return _mark_done(folder, key, [*outputs, "label_stats.json"], stats=stats)
 
     # -- 5. preference training -----------------------------------------------------------------------------------
     def method_stage(self, name: str, upstream: str) -> str:
@@ -209,20 +250,25 @@ class Pipeline:
         train = {"num_train_epochs": s.pref_epochs, "learning_rate": s.pref_learning_rate, "warmup_ratio": 0.1,
                  "margin_log_every": 1, **method.train}
         key = s.key("method", upstream, name, asdict(method), train, s.batch_size)
-        if _stage_done(folder, key):
-            return key
+        token = _stage_done(folder, key, passed=["final"])
+        if token:
+            return token
         data = self.labelled / "data" / f"{method.data}_train.jsonl"
         self._train(folder, self.shared / "runs" / "sft" / "final", data, method.loss, dict(train, run_name=name),
                     margins=method.margins)
-        _mark_done(folder, key)
-        return key
+        return _mark_done(folder, key, _training_outputs(folder), passed=["final"])
 
     # -- 6. evaluation --------------------------------------------------------------------------------------------
     def eval_stage(self, name: str, upstream: str, label: str) -> dict:
+        """Evaluate run ``name``; ``upstream`` holds the tokens of what it reads (its model, the labels, and for a
+        policy the SFT evaluation's samples). The stage's own token goes to ``self.tokens["eval:<name>"]``."""
         s = self.s
         folder = (self.shared if name == "sft" else self.labelled) / "runs" / name
         key = s.key("eval", upstream, s.eval_samples, s.sample_temperature, s.max_new_tokens)
-        if _stage_done(folder / "eval", key):
+        outputs = ["../eval.json", "../samples_test.jsonl"]
+        token = _stage_done(folder / "eval", key)
+        if token:
+            self.tokens[f"eval:{name}"] = token
             return json.loads((folder / "eval.json").read_text())
         prompts = read_jsonl(self.shared / "world" / "prompts_test.jsonl")
         completions = self._generate(folder / "final", [p["prompt"] for p in prompts], k=s.eval_samples,
@@ -231,7 +277,7 @@ class Pipeline:
                      [{"id": p["id"], "prompt": p["prompt"], "completions": c} for p, c in zip(prompts, completions)])
         result = self._evaluate(name, label, prompts, completions, folder)
         write_json(folder / "eval.json", result)
-        _mark_done(folder / "eval", key)
+        self.tokens[f"eval:{name}"] = _mark_done(folder / "eval", key, outputs)
         return result
 
     def _evaluate(self, name, label, prompts, completions, folder) -> dict:
@@ -318,9 +364,12 @@ class Pipeline:
         for name in s.methods:
             method_keys[name] = self.method_stage(name, labels)
             advance(name)
+        # an evaluation reads its model (the run's token hashes its `final` folder), the labelled test pairs, and for
+        # a policy the SFT evaluation's samples (its baseline) and the SFT model (the KL reference)
         results = {"sft": self.eval_stage("sft", sft + labels, "SFT")}
         for name in s.methods:
-            results[name] = self.eval_stage(name, method_keys[name], METHODS[name].label)
+            results[name] = self.eval_stage(name, method_keys[name] + labels + sft + self.tokens["eval:sft"],
+                                            METHODS[name].label)
         advance("evaluation")
         bar.close()
         return results
