@@ -129,3 +129,32 @@ def test_a_torn_last_log_line_is_dropped_on_resume(tiny_model, data, run_copy, c
         rows = [json.loads(line) for line in (run_copy / name).read_text().splitlines()]  # every line parses
         assert max(r["step"] for r in rows) == 6
     assert "unreadable line" in caplog.text
+
+
+def test_train_loss_after_resume_is_the_whole_runs_mean(tiny_model, data, finished, run_copy, tmp_path):
+    whole = json.loads((finished / "metrics.json").read_text())["train"]["train_loss"]
+    logged = [json.loads(line)["loss"] for line in (finished / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert whole == pytest.approx(sum(logged) / len(logged), rel=1e-6)  # logging_steps 1: every step logged
+    resumed = run_training(_config(tiny_model, data, run_copy, "--resume_from_checkpoint",
+                                   str(run_copy / "checkpoint-2")))
+    assert resumed["train"]["train_loss"] == pytest.approx(whole, rel=1e-6)  # not the mean of steps 3-6 only
+    assert json.loads((run_copy / "metrics.json").read_text())["train"]["train_loss"] == pytest.approx(whole, rel=1e-6)
+
+    # the reward model's trainer reports it the same way
+    from prefopt.rm import run_reward_model
+    from prefopt.config import load_rm_config
+
+    def rm_config(run_dir, *overrides):
+        tree = {"model": {"name_or_path": str(tiny_model)},
+                "data": {"train": str(data), "max_length": 40, "max_prompt_length": 16},
+                "train": {"output_dir": str(run_dir), "max_steps": 4, "save_steps": 2, "learning_rate": 1e-3,
+                          "warmup_ratio": 0.0, "report_to": "none", "per_device_train_batch_size": 2,
+                          "logging_steps": 1, "seed": 3, "quiet": True}}
+        return load_rm_config(None, list(overrides), base=tree)
+
+    rm_whole = run_reward_model(rm_config(tmp_path / "rm"))["train"]["train_loss"]
+    shutil.copytree(tmp_path / "rm", tmp_path / "rm_again")
+    rm_resumed = run_reward_model(rm_config(tmp_path / "rm_again", "--resume_from_checkpoint",
+                                            str(tmp_path / "rm_again" / "checkpoint-2")))["train"]["train_loss"]
+    assert rm_resumed == pytest.approx(rm_whole, rel=1e-5)

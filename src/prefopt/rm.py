@@ -44,6 +44,7 @@ from prefopt.data import DataError, PreferenceCollator, Prompt, load_records, to
 from prefopt.io import write_atomic, write_json
 from prefopt.models import load_from_config, load_model, load_tokenizer, tokenizer_from_config
 from prefopt.runs import StageRecord, finish_run, meta_path, start_run
+from prefopt.trainer import WholeRunLossMixin
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ def _lengths(rm_path: str | Path, max_length: Optional[int], max_prompt_length: 
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class RewardTrainer(Trainer):
+class RewardTrainer(WholeRunLossMixin, Trainer):
     """``transformers.Trainer`` whose loss is Bradley–Terry on the reward model's last-response-token scores.
 
     Logs ``rm/accuracy`` (fraction of pairs with r_w > r_l), ``rm/margin`` (mean r_w − r_l), ``rm/chosen`` and

@@ -59,7 +59,43 @@ def silence_console(trainer: Trainer) -> None:
     trainer.remove_callback(PrinterCallback)
 
 
-class PreferenceTrainer(Trainer):
+class WholeRunLossMixin:
+    """For a ``transformers.Trainer`` subclass: ``train_loss`` (the final summary, metrics.json) is the mean over every
+    step of the run, also when it was resumed. The Trainer's own averages only the steps of its current ``train()``
+    call, so each checkpoint records the loss summed over every step so far (:data:`LOSS_SUM_FILE`, main process)."""
+
+    _loss_sum_before_resume: Optional[float] = None  # set by train() when it resumes
+
+    def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
+        if "train_loss" in logs and self._loss_sum_before_resume is not None:
+            # the final summary of a resumed run (the Trainer has just added its last pending loss)
+            logs["train_loss"] = (self._loss_sum_before_resume + self._total_loss_scalar) / max(self.state.global_step, 1)
+        super().log(logs, start_time)
+
+    def _save_checkpoint(self, model, trial):
+        # before the Trainer's own files: trainer_state.json comes last, so a checkpoint that has it has this too.
+        # The losses of this call logged so far plus those not yet logged, averaged over ranks as the Trainer logs them.
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pending = nested_gather(self._tr_loss, self.args.parallel_mode).mean().item()
+        loss_sum = (self._loss_sum_before_resume or 0.0) + self._total_loss_scalar + pending
+        if self.accelerator.is_main_process:
+            (folder / LOSS_SUM_FILE).write_text(json.dumps({"global_step": self.state.global_step, "loss_sum": loss_sum}))
+        super()._save_checkpoint(model, trial)
+
+    def train(self, resume_from_checkpoint: Optional[str | bool] = None, **kwargs):
+        self._loss_sum_before_resume = None
+        if isinstance(resume_from_checkpoint, (str, Path)) and resume_from_checkpoint:
+            loss_file = Path(resume_from_checkpoint) / LOSS_SUM_FILE
+            if loss_file.is_file():
+                self._loss_sum_before_resume = float(json.loads(loss_file.read_text())["loss_sum"])
+            else:
+                logger.warning("%s has no %s: train_loss will average only the steps run after resuming",
+                               resume_from_checkpoint, LOSS_SUM_FILE)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+
+class PreferenceTrainer(WholeRunLossMixin, Trainer):
     """``transformers.Trainer`` with a preference loss from the registry.
 
     Args beyond ``Trainer``'s own:
@@ -105,7 +141,6 @@ class PreferenceTrainer(Trainer):
         self.margin_log_path = Path(margin_log_path) if margin_log_path else None
         self.margin_log_every = margin_log_every
         self._stored_metrics: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-        self._loss_sum_before_resume: Optional[float] = None  # set by train() when it resumes
         super().__init__(*args, **kwargs)
         self.ref_model = None
         if ref_model is not None:
@@ -261,10 +296,6 @@ class PreferenceTrainer(Trainer):
             self._stored_metrics[mode][name].append(value)
 
     def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
-        if "train_loss" in logs and self._loss_sum_before_resume is not None:
-            # the final summary of a resumed run: the mean over every step of the run, not only those after resuming
-            # (the Trainer has just added its last pending loss into _total_loss_scalar)
-            logs["train_loss"] = (self._loss_sum_before_resume + self._total_loss_scalar) / max(self.state.global_step, 1)
         mode = "train" if "loss" in logs else "eval"
         prefix = "" if mode == "train" else "eval_"
         for name, values in self._stored_metrics.pop(mode, {}).items():
@@ -277,17 +308,12 @@ class PreferenceTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial):
         # Written before the Trainer's own files: trainer_state.json comes last, so a checkpoint that has it also has
-        # the γ-PO state (one file per rank, since per-rank queues differ, SPEC §5) and the loss sum.
-        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        folder.mkdir(parents=True, exist_ok=True)
+        # the γ-PO state. One file per rank, since per-rank queues differ (SPEC §5).
         if self.margins is not None:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)
             state_file = folder / MARGIN_STATE_FILE.format(rank=self.accelerator.process_index)
             torch.save(self.margins.state_dict(), state_file)
-        # the losses of this call logged so far plus those not yet logged, averaged over ranks as the Trainer logs them
-        pending = nested_gather(self._tr_loss, self.args.parallel_mode).mean().item()
-        loss_sum = (self._loss_sum_before_resume or 0.0) + self._total_loss_scalar + pending
-        if self.accelerator.is_main_process:
-            (folder / LOSS_SUM_FILE).write_text(json.dumps({"global_step": self.state.global_step, "loss_sum": loss_sum}))
         super()._save_checkpoint(model, trial)
 
     def train(self, resume_from_checkpoint: Optional[str | bool] = None, **kwargs):
@@ -302,14 +328,6 @@ class PreferenceTrainer(Trainer):
                 raise FileNotFoundError(f"{state_file} is missing: this checkpoint has no γ-PO margin state")
             self.margins.load_state_dict(torch.load(state_file, weights_only=False))
             logger.info("restored γ-PO margin state from %s (%d gaps queued)", state_file, self.margins.queue.numel())
-        self._loss_sum_before_resume = None
-        if resume_from_checkpoint:
-            loss_file = Path(resume_from_checkpoint) / LOSS_SUM_FILE
-            if loss_file.is_file():
-                self._loss_sum_before_resume = float(json.loads(loss_file.read_text())["loss_sum"])
-            else:
-                logger.warning("%s has no %s: train_loss will average only the steps run after resuming",
-                               resume_from_checkpoint, LOSS_SUM_FILE)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
 
