@@ -121,8 +121,12 @@ class StageRecord:
 
     def finish(self, **fields: Any) -> dict[str, Any]:
         self.info["finished"] = utc_now()
-        self.info["wall_seconds"] = round(time.time() - self._started, 3)
+        self.info["wall_seconds"] = round(self.elapsed(), 3)
         return self.update(**fields)
+
+    def elapsed(self) -> float:
+        """Seconds since the record was created (the stage's start)."""
+        return time.time() - self._started
 
     def write(self) -> None:
         if self.is_main:
@@ -369,7 +373,7 @@ def start_run(config, command: Optional[Sequence[str]] = None, config_header: st
 def finish_run(trainer, record: StageRecord, metrics: dict) -> dict:
     """What every training stage does last: metrics.json with the wall time, and run_info.json stamped finished
     (main process). Returns ``metrics``."""
-    metrics["wall_seconds"] = time.time() - record._started
+    metrics["wall_seconds"] = record.elapsed()
     if trainer.is_world_process_zero():
         write_json(record.path.parent / "metrics.json", metrics)
     record.finish()

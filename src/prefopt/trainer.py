@@ -75,13 +75,18 @@ class WholeRunLossMixin:
     def _save_checkpoint(self, model, trial):
         # before the Trainer's own files: trainer_state.json comes last, so a checkpoint that has it has this too.
         # The losses of this call logged so far plus those not yet logged, averaged over ranks as the Trainer logs them.
-        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self._checkpoint_folder(trial)
         pending = nested_gather(self._tr_loss, self.args.parallel_mode).mean().item()
         loss_sum = (self._loss_sum_before_resume or 0.0) + self._total_loss_scalar + pending
         if self.accelerator.is_main_process:
             (folder / LOSS_SUM_FILE).write_text(json.dumps({"global_step": self.state.global_step, "loss_sum": loss_sum}))
         super()._save_checkpoint(model, trial)
+
+    def _checkpoint_folder(self, trial) -> Path:
+        """The ``checkpoint-N`` folder the Trainer is about to save, created, for files written before its own."""
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def train(self, resume_from_checkpoint: Optional[str | bool] = None, **kwargs):
         self._loss_sum_before_resume = None
@@ -310,9 +315,7 @@ class PreferenceTrainer(WholeRunLossMixin, Trainer):
         # Written before the Trainer's own files: trainer_state.json comes last, so a checkpoint that has it also has
         # the γ-PO state. One file per rank, since per-rank queues differ (SPEC §5).
         if self.margins is not None:
-            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-            folder.mkdir(parents=True, exist_ok=True)
-            state_file = folder / MARGIN_STATE_FILE.format(rank=self.accelerator.process_index)
+            state_file = self._checkpoint_folder(trial) / MARGIN_STATE_FILE.format(rank=self.accelerator.process_index)
             torch.save(self.margins.state_dict(), state_file)
         super()._save_checkpoint(model, trial)
 
