@@ -38,6 +38,7 @@ HPARAMS = {
     "alphapo": {"alpha": 0.7, "beta": 2.0, "gamma_beta_ratio": 0.4},
     "gamma_simpo": {"beta": 2.0, "gamma_beta_ratio": 0.5},
     "gamma_dpo": {"beta": 0.3, "gamma_beta_ratio": 2.0},
+    "simpo_hinge": {"beta": 2.0, "gamma_beta_ratio": 0.3},
 }
 TAU = 1.0
 
@@ -77,6 +78,9 @@ def _expected(name, hp, S, n, R, targets, margin):
         return out, (hp["beta_pi"] * (S - R)[rows, best], hp["beta_pi"] * (S - R)[rows, worst])
     if name == "alphapo":
         out = L.alphapo_loss(A[:, 0], A[:, 1], **hp)
+        return out, (hp["beta"] * A[:, 0], hp["beta"] * A[:, 1])
+    if name == "simpo_hinge":  # SimPO's reference-free hinge: max(0, 1 − β·(A_w − A_l − γ/β))
+        out = torch.relu(1.0 - hp["beta"] * (A[:, 0] - A[:, 1] - hp["gamma_beta_ratio"]))
         return out, (hp["beta"] * A[:, 0], hp["beta"] * A[:, 1])
     gamma0 = hp["beta"] * hp["gamma_beta_ratio"]
     if name == "gamma_simpo":  # −log σ(Δ_i − γ_i), SPEC §5

@@ -966,7 +966,7 @@ def test_rw_without_targets_raises():
 # ---------------------------------------------------------------------------------------------------------------
 
 ALL_NAMES = {"sft", "dpo", "ipo", "hinge", "rdpo", "simpo", "cpo", "orpo", "exo", "dpo_k", "fpo", "alphapo",
-             "gamma_simpo", "gamma_dpo"}
+             "gamma_simpo", "gamma_dpo", "simpo_hinge"}
 
 
 def test_registry_names():
@@ -1003,7 +1003,7 @@ def _good_hparams(name):
 def test_registry_fns_are_the_loss_functions():
     expected = dict(sft=L.sft_loss, dpo=L.dpo_loss, ipo=L.ipo_loss, hinge=L.hinge_loss, rdpo=L.rdpo_loss, simpo=L.simpo_loss,
                     cpo=L.cpo_loss, orpo=L.orpo_loss, exo=L.exo_loss, dpo_k=L.dpo_k_loss, fpo=L.fdivergence_loss,
-                    alphapo=L.alphapo_loss)
+                    alphapo=L.alphapo_loss, simpo_hinge=L.simpo_hinge_loss)
     for n, fn in expected.items():
         assert L.get_loss_spec(n).fn is fn, n
 
@@ -1033,6 +1033,7 @@ GOOD_HPARAMS = {
     "dpo_k": dict(beta_pi=0.5),
     "fpo": dict(beta_pi=0.5, divergence="alpha", alpha=0.1),
     "alphapo": dict(alpha=0.99, beta=2.0, gamma_beta_ratio=0.5),
+    "simpo_hinge": dict(beta=2.0, gamma_beta_ratio=0.5),
 }
 
 
@@ -1063,7 +1064,8 @@ def test_resolve_hparams_rejects_unknown_key(name):
 @pytest.mark.parametrize(
     "name,drop",
     [("dpo", "beta"), ("ipo", "tau"), ("hinge", "beta"), ("simpo", "beta"), ("simpo", "gamma_beta_ratio"),
-     ("exo", "beta_pi"), ("fpo", "divergence"), ("fpo", "beta_pi"), ("alphapo", "alpha")],
+     ("exo", "beta_pi"), ("fpo", "divergence"), ("fpo", "beta_pi"), ("alphapo", "alpha"),
+     ("simpo_hinge", "beta"), ("simpo_hinge", "gamma_beta_ratio")],
 )
 def test_resolve_hparams_rejects_missing_required(name, drop):
     hp = dict(GOOD_HPARAMS[name])
@@ -1077,7 +1079,8 @@ def test_resolve_hparams_rejects_missing_required(name, drop):
     [("dpo", "beta", 0.0), ("dpo", "beta", -1.0), ("ipo", "tau", 0.0), ("hinge", "beta", -0.1),
      ("simpo", "beta", 0.0), ("exo", "beta_pi", 0.0), ("exo", "beta_r", -1.0), ("dpo_k", "beta_pi", -0.5),
      ("fpo", "alpha", 1.5), ("fpo", "alpha", 0.0), ("fpo", "divergence", "kl"), ("exo", "setting", "pairwise"),
-     ("alphapo", "alpha", 0.0), ("alphapo", "alpha", 1.0), ("alphapo", "alpha", -0.5), ("alphapo", "beta", 0.0)],
+     ("alphapo", "alpha", 0.0), ("alphapo", "alpha", 1.0), ("alphapo", "alpha", -0.5), ("alphapo", "beta", 0.0),
+     ("simpo_hinge", "beta", 0.0), ("simpo_hinge", "gamma_beta_ratio", float("nan"))],
 )
 def test_resolve_hparams_rejects_out_of_range(name, key, value):
     with pytest.raises(ValueError, match=key):
@@ -1109,6 +1112,7 @@ def test_registry_defaults_agree_with_function_signatures():
 _ASYMMETRY_CASES = {
     "alphapo": lambda c, r: L.alphapo_loss(c, r, alpha=0.5, beta=2.0, gamma_beta_ratio=0.5),
     "simpo": lambda c, r: L.simpo_loss(c, r, beta=2.0, gamma_beta_ratio=0.5),
+    "simpo_hinge": lambda c, r: L.simpo_hinge_loss(c, r, beta=2.0, gamma_beta_ratio=0.5),
     "exo_pref": lambda c, r: L.exo_loss(torch.stack([c, r], 1), torch.zeros(c.shape[0], 2, dtype=c.dtype), None,
                                         beta_pi=1.0, setting="pref"),
     "fpo_alpha_pref": lambda c, r: L.fdivergence_loss(torch.stack([c, r], 1), torch.zeros(c.shape[0], 2, dtype=c.dtype),
@@ -1135,3 +1139,297 @@ def test_sft_loss_is_the_negative_averaged_log_prob_and_checks_its_input():
     assert L.get_loss_spec("sft").inputs == "single" and L.get_loss_spec("dpo").inputs == "pair"
     with pytest.raises(ValueError, match="non-finite"):
         L.sft_loss(torch.tensor([float("nan")]))
+
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# simpo_hinge (SimPO repository's `hinge` loss type) and the `length_norm` hyper-parameter (γ-PO repository's
+# `length_norm` / averaged cpo). References below are written by hand in float64 from the formulas, on fresh inputs
+# drawn from seeded torch.Generators, and fed through the registry from *summed* log-probs and token counts, i.e. the
+# way the trainer calls every loss.
+# ----------------------------------------------------------------------------------------------------------------------
+
+LENGTH_NORM_LOSSES = {"dpo", "gamma_dpo", "cpo", "simpo", "gamma_simpo", "alphapo", "hinge", "rdpo", "ipo",
+                      "simpo_hinge"}
+
+#: hyper-parameters with no term trivially zero, per loss, for the length_norm tests below
+LN_HPARAMS = {
+    "sft": {},
+    "dpo": {"beta": 0.3, "label_smoothing": 0.1},
+    "gamma_dpo": {"beta": 0.3, "gamma_beta_ratio": 2.0, "label_smoothing": 0.05},
+    "ipo": {"tau": 0.4},
+    "hinge": {"beta": 0.2},
+    "rdpo": {"beta": 0.3, "alpha": 0.05},
+    "simpo": {"beta": 2.0, "gamma_beta_ratio": 0.3, "label_smoothing": 0.05},
+    "gamma_simpo": {"beta": 2.0, "gamma_beta_ratio": 0.5},
+    "cpo": {"beta": 0.4, "nll_weight": 0.5, "label_smoothing": 0.1},
+    "orpo": {"odds_ratio_weight": 0.3},
+    "alphapo": {"alpha": 0.7, "beta": 2.0, "gamma_beta_ratio": 0.4},
+    "simpo_hinge": {"beta": 2.5, "gamma_beta_ratio": 0.3},
+    "exo": {"beta_pi": 0.5, "beta_r": 0.7},
+    "dpo_k": {"beta_pi": 0.6, "beta_r": 0.5},
+    "fpo": {"beta_pi": 0.5, "divergence": "alpha", "alpha": 0.3, "beta_r": 0.6},
+}
+
+
+def _summed_batch(seed, B=7, K=2, margins=False):
+    """A PreferenceBatch of summed log-probs S = n·A (float64) with integer token counts n in [1, 40]."""
+    g = torch.Generator().manual_seed(seed)
+    n = torch.randint(1, 41, (B, K), generator=g).double()
+    avg = -torch.rand(B, K, generator=g, dtype=torch.float64) * 3.0 - 0.05  # A in (-3.05, -0.05)
+    avg_ref = avg + 0.4 * torch.randn(B, K, generator=g, dtype=torch.float64)
+    targets = torch.tensor([[1.0, 0.0]] * B, dtype=torch.float64) if K == 2 else torch.randn(B, K, generator=g,
+                                                                                          dtype=torch.float64)
+    offsets = 0.5 * torch.randn(B, generator=g, dtype=torch.float64) if margins else None
+    return L.PreferenceBatch(policy_logps=avg * n, lengths=n, targets=targets, ref_logps=avg_ref * n,
+                             margin_offsets=offsets)
+
+
+def _logsig(x):
+    """log σ(x) in float64, stable, by hand (not through torch.nn.functional)."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.minimum(x, 0.0) - np.log1p(np.exp(-np.abs(x)))
+
+
+def test_length_norm_is_registered_exactly_on_the_pairwise_losses():
+    taking = {name for name, spec in L.LOSSES.items() if spec.takes_length_norm}
+    assert taking == LENGTH_NORM_LOSSES
+    for name in LENGTH_NORM_LOSSES:
+        spec = L.LOSSES[name]
+        assert spec.hparams["length_norm"].default is spec.averaged_inputs, name  # the loss's own convention
+        assert "γ-PO" in spec.hparams["length_norm"].help and "XPOTrainer" in spec.hparams["length_norm"].help
+    conventions = {name: spec.averaged_inputs for name, spec in L.LOSSES.items()}
+    assert conventions == {"sft": True, "dpo": False, "ipo": True, "hinge": False, "rdpo": False, "simpo": True,
+                           "cpo": False, "orpo": True, "exo": False, "dpo_k": False, "fpo": False, "alphapo": True,
+                           "gamma_simpo": True, "gamma_dpo": False, "simpo_hinge": True}
+
+
+def test_simpo_hinge_registry_entry():
+    spec = L.get_loss_spec("simpo_hinge")
+    assert spec.fn is L.simpo_hinge_loss and spec.inputs == "pair" and not spec.needs_reference
+    assert spec.averaged_inputs and not spec.dynamic_margins and spec.reward_scale == "beta"
+    assert set(spec.hparams) == {"beta", "gamma_beta_ratio", "length_norm"}
+    with pytest.raises(ValueError, match="label_smoothing"):  # SimPO ignores label smoothing for its hinge
+        spec.resolve_hparams({"beta": 2.0, "gamma_beta_ratio": 0.5, "label_smoothing": 0.1})
+    assert spec.static_margin(spec.resolve_hparams({"beta": 2.0, "gamma_beta_ratio": 0.25})) == 0.5
+    assert L.simpo_hinge_loss.__doc__ and "hinge" in L.simpo_hinge_loss.__doc__
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_simpo_hinge_through_the_registry_matches_the_hand_formula(seed):
+    g = torch.Generator().manual_seed(100 + seed)
+    beta = float(torch.rand(1, generator=g)) * 4 + 0.5
+    ratio = float(torch.rand(1, generator=g)) * 1.0 - 0.2
+    batch = _summed_batch(200 + seed, B=11)
+    spec = L.get_loss_spec("simpo_hinge")
+    hp = spec.resolve_hparams({"beta": beta, "gamma_beta_ratio": ratio})
+    out = spec(batch, hp)
+
+    S, n = batch.policy_logps.numpy(), batch.lengths.numpy()
+    A = S / n
+    expected = np.maximum(0.0, 1.0 - beta * (A[:, 0] - A[:, 1] - ratio))
+    np.testing.assert_allclose(out.losses.numpy(), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out.chosen_rewards.numpy(), beta * A[:, 0], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(out.rejected_rewards.numpy(), beta * A[:, 1], rtol=1e-12, atol=0)
+    # the pure function on averaged inputs is the same thing; a margin offset m is subtracted from the logit
+    direct = L.simpo_hinge_loss(torch.tensor(A[:, 0]), torch.tensor(A[:, 1]), beta=beta, gamma_beta_ratio=ratio)
+    np.testing.assert_allclose(direct.numpy(), expected, rtol=1e-12, atol=1e-12)
+    m = torch.randn(A.shape[0], generator=g, dtype=torch.float64)
+    shifted = L.simpo_hinge_loss(torch.tensor(A[:, 0]), torch.tensor(A[:, 1]), beta=beta, gamma_beta_ratio=ratio,
+                                 margin_offset=m)
+    np.testing.assert_allclose(shifted.numpy(), np.maximum(0.0, 1.0 - (beta * (A[:, 0] - A[:, 1] - ratio) - m.numpy())),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_simpo_hinge_known_values_and_gradient():
+    spec = L.get_loss_spec("simpo_hinge")
+    # equal averaged log-probs (S/n: -6/4 = -3/2) and γ/β = 0: exactly 1, whatever β
+    batch = L.PreferenceBatch(policy_logps=torch.tensor([[-6.0, -3.0], [-1.0, -1.0]], dtype=torch.float64),
+                              lengths=torch.tensor([[4.0, 2.0], [5.0, 5.0]], dtype=torch.float64),
+                              targets=torch.tensor([[1.0, 0.0]] * 2, dtype=torch.float64))
+    for beta in (0.1, 1.0, 7.5):
+        assert spec(batch, spec.resolve_hparams({"beta": beta, "gamma_beta_ratio": 0.0})).losses.tolist() == [1.0, 1.0]
+    # β·(A_w − A_l − γ/β) = 2·(−1 − (−2) − 0.25) = 1.5 >= 1: zero loss and zero gradient; below 1: slope −β
+    chosen = torch.tensor([-1.0, -1.0], dtype=torch.float64, requires_grad=True)
+    rejected = torch.tensor([-2.0, -1.1], dtype=torch.float64, requires_grad=True)
+    loss = L.simpo_hinge_loss(chosen, rejected, beta=2.0, gamma_beta_ratio=0.25)
+    assert loss[0].item() == 0.0 and loss[1].item() == pytest.approx(1.0 - 2.0 * (0.1 - 0.25), abs=1e-12)
+    loss.sum().backward()
+    assert chosen.grad.tolist() == [0.0, -2.0] and rejected.grad.tolist() == [0.0, 2.0]
+    # bf16 inputs are upcast, bad inputs raise
+    assert L.simpo_hinge_loss(chosen.detach().bfloat16(), rejected.detach().bfloat16(), beta=2.0,
+                              gamma_beta_ratio=0.25).dtype == torch.float32
+    with pytest.raises(ValueError, match="beta"):
+        L.simpo_hinge_loss(chosen, rejected, beta=0.0, gamma_beta_ratio=0.0)
+    with pytest.raises(ValueError, match="non-finite"):
+        L.simpo_hinge_loss(torch.tensor([float("nan")]), torch.tensor([-1.0]), beta=1.0, gamma_beta_ratio=0.0)
+    with pytest.raises(ValueError, match="shape"):
+        L.simpo_hinge_loss(torch.zeros(3), torch.zeros(2), beta=1.0, gamma_beta_ratio=0.0)
+
+
+def _conventional_call(name, hp, batch):
+    """The pure function called explicitly on the loss's *conventional* inputs (S, or A = S/n), no registry."""
+    spec = L.LOSSES[name]
+    S, R, n = batch.policy_logps, batch.ref_logps, batch.lengths
+    P, Q = (S / n, R / n) if spec.averaged_inputs else (S, R)
+    kw = {k: v for k, v in hp.items() if k not in spec.margin_hparams}
+    m = {"margin_offset": batch.margin_offsets}
+    if name == "sft":
+        return L.sft_loss(P[:, 0])
+    if spec.group:
+        return spec.fn(P, Q, batch.targets, **kw)
+    if name == "rdpo":
+        return L.rdpo_loss(P[:, 0], P[:, 1], Q[:, 0], Q[:, 1], n[:, 0], n[:, 1], **kw, **m)
+    if spec.needs_reference:
+        return spec.fn(P[:, 0], P[:, 1], Q[:, 0], Q[:, 1], **kw, **m)
+    return spec.fn(P[:, 0], P[:, 1], **kw, **m)
+
+
+@pytest.mark.parametrize("name", sorted(LN_HPARAMS))
+def test_default_inputs_are_unchanged_for_every_loss(name):
+    assert set(LN_HPARAMS) == set(L.LOSSES), "a registered loss has no entry in LN_HPARAMS"
+    spec = L.LOSSES[name]
+    batch = _summed_batch(300, B=6, K=4 if spec.group else 2, margins=spec.dynamic_margins)
+    hp = spec.resolve_hparams(LN_HPARAMS[name])
+    assert "length_norm" not in hp  # resolved dicts of existing configs stay exactly as they were
+    assert spec.averages(hp) is spec.averaged_inputs
+    expected = _conventional_call(name, hp, batch)
+    torch.testing.assert_close(spec(batch, hp).losses, expected, rtol=0, atol=0)
+    if spec.takes_length_norm:  # spelling the convention out changes nothing either
+        explicit = spec.resolve_hparams({**LN_HPARAMS[name], "length_norm": spec.averaged_inputs})
+        assert explicit["length_norm"] is spec.averaged_inputs and "length_norm" not in spec.loss_kwargs(explicit)
+        torch.testing.assert_close(spec(batch, explicit).losses, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("name", ["dpo", "gamma_dpo"])
+def test_length_norm_true_on_dpo_uses_averaged_log_ratios(seed, name):
+    spec = L.LOSSES[name]
+    batch = _summed_batch(400 + seed, margins=spec.dynamic_margins)
+    hp = spec.resolve_hparams({**LN_HPARAMS[name], "length_norm": True})
+    beta, eps = hp["beta"], hp["label_smoothing"]
+    out = spec(batch, hp)
+
+    S, R, n = batch.policy_logps.numpy(), batch.ref_logps.numpy(), batch.lengths.numpy()
+    A, Ar = S / n, R / n
+    m = batch.margin_offsets.numpy() if batch.margin_offsets is not None else 0.0
+    z = beta * ((A[:, 0] - Ar[:, 0]) - (A[:, 1] - Ar[:, 1])) - m
+    expected = -(1 - eps) * _logsig(z) - eps * _logsig(-z)
+    np.testing.assert_allclose(out.losses.numpy(), expected, rtol=1e-12, atol=1e-12)
+    # (c) the rewards follow the averaged convention too, and so do γ-PO's reward gaps
+    np.testing.assert_allclose(out.chosen_rewards.numpy(), beta * (A[:, 0] - Ar[:, 0]), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out.rejected_rewards.numpy(), beta * (A[:, 1] - Ar[:, 1]), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(spec.reward_gaps(batch, hp).numpy(),
+                               beta * ((A[:, 0] - Ar[:, 0]) - (A[:, 1] - Ar[:, 1])), rtol=1e-12, atol=1e-12)
+    # the default is still the summed DPO of the paper
+    default = spec.resolve_hparams(LN_HPARAMS[name])
+    z_summed = beta * ((S[:, 0] - R[:, 0]) - (S[:, 1] - R[:, 1])) - m
+    np.testing.assert_allclose(spec(batch, default).losses.numpy(), -(1 - eps) * _logsig(z_summed)
+                               - eps * _logsig(-z_summed), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(spec.reward_gaps(batch, default).numpy(),
+                               beta * ((S[:, 0] - R[:, 0]) - (S[:, 1] - R[:, 1])), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_length_norm_true_on_cpo_is_the_gamma_po_repositorys_averaged_cpo(seed):
+    spec = L.LOSSES["cpo"]
+    batch = _summed_batch(500 + seed)
+    hp = spec.resolve_hparams({"beta": 0.7, "nll_weight": 0.4, "length_norm": True})
+    out = spec(batch, hp)
+    A = (batch.policy_logps / batch.lengths).numpy()
+    expected = -_logsig(0.7 * (A[:, 0] - A[:, 1])) - 0.4 * A[:, 0]
+    np.testing.assert_allclose(out.losses.numpy(), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out.chosen_rewards.numpy(), 0.7 * A[:, 0], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(out.rejected_rewards.numpy(), 0.7 * A[:, 1], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("name", ["simpo", "gamma_simpo", "simpo_hinge"])
+def test_length_norm_false_on_simpo_uses_summed_log_probs(name):
+    spec = L.LOSSES[name]
+    batch = _summed_batch(600, margins=spec.dynamic_margins)
+    hp = spec.resolve_hparams({**LN_HPARAMS[name], "length_norm": False})
+    beta, ratio, eps = hp["beta"], hp["gamma_beta_ratio"], hp.get("label_smoothing", 0.0)
+    out = spec(batch, hp)
+    S = batch.policy_logps.numpy()
+    m = batch.margin_offsets.numpy() if batch.margin_offsets is not None else 0.0
+    z = beta * (S[:, 0] - S[:, 1]) - beta * ratio - m
+    if name == "simpo_hinge":
+        expected = np.maximum(0.0, 1.0 - z)
+    else:
+        expected = -(1 - eps) * _logsig(z) - eps * _logsig(-z)
+    np.testing.assert_allclose(out.losses.numpy(), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out.chosen_rewards.numpy(), beta * S[:, 0], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(out.rejected_rewards.numpy(), beta * S[:, 1], rtol=1e-12, atol=0)
+    if spec.dynamic_margins:
+        np.testing.assert_allclose(spec.reward_gaps(batch, hp).numpy(), beta * (S[:, 0] - S[:, 1]), rtol=1e-12)
+
+
+def test_length_norm_flips_the_other_pairwise_losses():
+    batch = _summed_batch(700)
+    S, R, n = batch.policy_logps.numpy(), batch.ref_logps.numpy(), batch.lengths.numpy()
+    A, Ar = S / n, R / n
+    # R-DPO on averaged log-ratios: the length penalty still uses the token counts
+    spec = L.LOSSES["rdpo"]
+    out = spec(batch, spec.resolve_hparams({"beta": 0.3, "alpha": 0.05, "length_norm": True}))
+    h = (A[:, 0] - Ar[:, 0]) - (A[:, 1] - Ar[:, 1])
+    np.testing.assert_allclose(out.losses.numpy(), -_logsig(0.3 * h - 0.05 * (n[:, 0] - n[:, 1])), rtol=1e-12)
+    np.testing.assert_allclose(out.chosen_rewards.numpy(), 0.3 * (A[:, 0] - Ar[:, 0]), rtol=1e-12)
+    # SLiC hinge on averaged log-ratios
+    spec = L.LOSSES["hinge"]
+    out = spec(batch, spec.resolve_hparams({"beta": 0.2, "length_norm": True}))
+    np.testing.assert_allclose(out.losses.numpy(), np.maximum(0.0, 1.0 - 0.2 * h), rtol=1e-12, atol=1e-12)
+    # IPO on summed log-ratios (the IPO paper's own h); its reward is unscaled
+    spec = L.LOSSES["ipo"]
+    out = spec(batch, spec.resolve_hparams({"tau": 0.4, "length_norm": False}))
+    hs = (S[:, 0] - R[:, 0]) - (S[:, 1] - R[:, 1])
+    np.testing.assert_allclose(out.losses.numpy(), (hs - 1.0 / 0.8) ** 2, rtol=1e-12)
+    np.testing.assert_allclose(out.chosen_rewards.numpy(), S[:, 0] - R[:, 0], rtol=1e-12)
+    # α-PO on summed log-probs: q_w = softmax(β(S_w − γ/β), β S_l)
+    spec = L.LOSSES["alphapo"]
+    summed = spec(batch, spec.resolve_hparams({"alpha": 0.7, "beta": 2.0, "gamma_beta_ratio": 0.4,
+                                               "length_norm": False}))
+    explicit = L.alphapo_loss(batch.policy_logps[:, 0], batch.policy_logps[:, 1], alpha=0.7, beta=2.0,
+                              gamma_beta_ratio=0.4)
+    torch.testing.assert_close(summed.losses, explicit, rtol=0, atol=0)
+    np.testing.assert_allclose(summed.chosen_rewards.numpy(), 2.0 * S[:, 0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", ["yes", "true", 1, 0, 1.0, None, [True]])
+@pytest.mark.parametrize("name", ["dpo", "simpo", "cpo", "simpo_hinge"])
+def test_length_norm_must_be_a_bool(name, bad):
+    spec = L.LOSSES[name]
+    with pytest.raises(ValueError, match=r"length_norm.*true or false"):
+        spec.resolve_hparams({**LN_HPARAMS[name], "length_norm": bad})
+    # a hand-built resolved dict is checked too, before any input is touched
+    with pytest.raises(ValueError, match="length_norm"):
+        spec.averages({**spec.resolve_hparams(LN_HPARAMS[name]), "length_norm": bad})
+
+
+@pytest.mark.parametrize("name", ["fpo", "exo", "dpo_k", "sft", "orpo"])
+def test_length_norm_is_unknown_to_the_group_and_single_losses(name):
+    spec = L.LOSSES[name]
+    with pytest.raises(ValueError, match=r"does not take 'length_norm'"):
+        spec.resolve_hparams({**LN_HPARAMS[name], "length_norm": True})
+    with pytest.raises(ValueError, match="length_norm"):
+        spec.averages({**spec.resolve_hparams(LN_HPARAMS[name]), "length_norm": True})
+
+
+def test_resolve_hparams_rejects_bad_length_norm_with_the_exact_message():
+    with pytest.raises(ValueError, match=r"length_norm") as ei:
+        L.get_loss_spec("dpo").resolve_hparams({"beta": 0.1, "length_norm": "yes"})
+    assert "true or false" in str(ei.value) and "'yes'" in str(ei.value)
+    with pytest.raises(ValueError, match=r"does not take 'length_norm'"):
+        L.get_loss_spec("fpo").resolve_hparams({"beta_pi": 0.5, "divergence": "js", "length_norm": False})
+
+
+def test_loss_listing_shows_the_convention(capsys):
+    from argparse import Namespace
+
+    from prefopt.cli import _list_losses
+
+    assert _list_losses(Namespace(verbose=False)) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "summed log-probs (length_norm)" in lines["dpo"] and "averaged log-probs (length_norm)" in lines["simpo"]
+    assert "averaged log-probs (length_norm)" in lines["simpo_hinge"]
+    assert "summed log-probs," in lines["fpo"] and "length_norm" not in lines["fpo"]
+    assert "averaged log-probs," in lines["orpo"] and "length_norm" not in lines["sft"]

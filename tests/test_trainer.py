@@ -38,6 +38,7 @@ LOSS_PARAMS = {
     "alphapo": {"alpha": 0.9, "beta": 2.0, "gamma_beta_ratio": 0.5},
     "gamma_simpo": {"beta": 2.0, "gamma_beta_ratio": 0.5},
     "gamma_dpo": {"beta": 0.1, "gamma_beta_ratio": 0.5},
+    "simpo_hinge": {"beta": 2.0, "gamma_beta_ratio": 0.5},
 }
 #: γ-PO's τ (the margins section) of the dynamic-margin losses above.
 MARGIN_TAU = 1.0

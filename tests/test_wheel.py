@@ -34,6 +34,7 @@ import json, sys
 import prefopt
 from prefopt.benchmarks.generation import load_generation_config
 from prefopt.judges import JudgeClient, PairwiseLLMJudge
+from prefopt.models import resolve_chat_template
 
 with JudgeClient(max_retries=0, timeout=30) as client:
     judge = PairwiseLLMJudge(client, "hh_helpfulness")
@@ -41,7 +42,7 @@ with JudgeClient(max_retries=0, timeout=30) as client:
                 judge.compare("Human: How do I boil an egg?", "Boil it.", "Put it in boiling water for eight minutes.")]
 json.dump({"prefopt": prefopt.__file__, "template": str(judge.template.path), "label": judge.template.answer_label,
            "verdicts": verdicts, "llama3": load_generation_config("llama3", "alpaca_eval"),
-           "path": sys.path}, sys.stdout)
+           "mistral_fixed": resolve_chat_template("mistral_fixed"), "path": sys.path}, sys.stdout)
 """
 
 
@@ -70,6 +71,8 @@ def test_wheel_ships_templates_and_generation_settings_and_judges_from_outside_t
         assert f"prefopt/resources/templates/{name}" in names
     for family in FAMILIES:
         assert f"prefopt/resources/generation/{family}.yaml" in names
+    for name in ("mistral_fixed", "gemma2_merged_system"):
+        assert f"prefopt/resources/chat_templates/{name}.jinja" in names
     assert {"prefopt/resources/__init__.py", "prefopt/judges/__init__.py", "prefopt/judges/client.py",
             "prefopt/judges/pairwise.py"} <= names
     assert "prefopt/judges.py" not in names
@@ -108,3 +111,4 @@ def test_wheel_ships_templates_and_generation_settings_and_judges_from_outside_t
     assert out["verdicts"] == ["A", "B"]
     assert server.count() == 2 and all("=== Reply A ===" in r["content"] for r in server.requests)
     assert out["llama3"]["temperature"] == 0.9
+    assert out["mistral_fixed"] == (REPO / "src/prefopt/resources/chat_templates/mistral_fixed.jinja").read_text()

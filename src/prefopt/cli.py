@@ -14,9 +14,13 @@ def _list_losses(args: argparse.Namespace) -> int:
     from prefopt.losses import LOSSES, REQUIRED
 
     for spec in LOSSES.values():
-        inputs = "averaged" if spec.averaged_inputs else "summed"
+        inputs = "averaged" if spec.averaged_inputs else "summed"  # the loss's own convention (the default)
+        if "length_norm" in spec.hparams:  # a config may switch it
+            inputs += " log-probs (length_norm)"
+        else:
+            inputs += " log-probs"
         shape = "[B, K] groups" if spec.group else "pairs"
-        flags = [shape, f"{inputs} log-probs", "reference" if spec.needs_reference else "reference-free"]
+        flags = [shape, inputs, "reference" if spec.needs_reference else "reference-free"]
         if spec.dynamic_margins:
             flags.append("γ-PO dynamic margins")
         print(f"{spec.name:<12} {spec.description}  ({', '.join(flags)})")
@@ -35,6 +39,48 @@ def _train(args: argparse.Namespace, base: Optional[dict] = None) -> int:
     _setup_logging()
     metrics = run_training(config, argv=args.argv)
     print(f"run folder: {config.run_dir}  (steps: {metrics['global_step']}, {metrics['wall_seconds']:.1f} s)")
+    return 0
+
+
+def _inspect_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prefopt inspect-data", add_help=False)
+    parser.add_argument("--rows", type=int, default=3, help="how many of the first rows to show (default 3)")
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON: prompt_ids, and per response input_ids, completion_mask and the scored text")
+    parser.add_argument("--split", choices=["train", "eval"], default="train", help="data.train or data.eval")
+    parser.add_argument("--stage", choices=["train", "sft", "rm"], default="train",
+                        help="read CONFIG as prefopt train (default), sft or rm reads it")
+    return parser
+
+
+def _inspect_data(args: argparse.Namespace) -> int:
+    """The first rows of a config's data tokenised exactly as its training run would (no model is loaded)."""
+    import json
+
+    from prefopt.config import load_config
+    from prefopt.data import load_records
+    from prefopt.data.inspect import format_inspection, inspect_records
+    from prefopt.errors import ConfigError
+    from prefopt.models import tokenizer_from_config
+
+    options, overrides = _inspect_parser().parse_known_args(args.overrides)
+    if options.rows < 1:
+        raise ConfigError(f"--rows must be >= 1, got {options.rows}")
+    if options.stage == "rm":
+        from prefopt.rm import load_rm_config
+
+        config = load_rm_config(args.config, overrides)
+    else:
+        config = load_config(args.config, overrides, base=SFT_BASE if options.stage == "sft" else None)
+    d = config.data
+    source, split = (d.train, d.train_split) if options.split == "train" else (d.eval, d.eval_split)
+    if not source:
+        raise ConfigError(f"the config has no data.{options.split}")
+    records, _ = load_records(source, split=split, format=d.format, limit=options.rows,
+                              max_bad_fraction=d.max_bad_fraction, name=d.name, data_dir=d.data_dir)
+    result = inspect_records(records, tokenizer_from_config(config.model), max_length=d.max_length,
+                             max_prompt_length=d.max_prompt_length, tokenization=d.tokenization)
+    print(json.dumps(result, ensure_ascii=False, indent=1) if options.json else format_inspection(result))
     return 0
 
 
@@ -105,9 +151,13 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*pin_memory.*")
 
 
+#: What ``prefopt sft`` sets under a training config (SPEC §6.1 step 2: the same trainer with the ``sft`` loss on one
+#: response per prompt, pairs rows giving their chosen one).
+SFT_BASE = {"loss": {"name": "sft"}, "data": {"format": "sft"}}
+
+
 def _sft(args: argparse.Namespace) -> int:
-    # SPEC §6.1 step 2: the same trainer with the `sft` loss on one response per prompt (pairs rows: their chosen)
-    return _train(args, base={"loss": {"name": "sft"}, "data": {"format": "sft"}})
+    return _train(args, base=SFT_BASE)
 
 
 def _rm(args: argparse.Namespace) -> int:
@@ -311,6 +361,18 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("config")
     rm.add_argument("overrides", nargs=argparse.REMAINDER)
     rm.set_defaults(func=_rm)
+    inspect = commands.add_parser(
+        "inspect-data", help="show the first rows of a config's data as the trainer tokenises and scores them",
+        description="Tokenise the first rows of a config's data exactly as `prefopt train` would (data.tokenization, "
+        "chat template, truncation) and show the decoded prompt and each response's scored span between ⟦ ⟧, with "
+        "token counts; no model is loaded. Options: " + "; ".join(
+            f"{' '.join(a.option_strings)}: {a.help}" for a in _inspect_parser()._actions) + ". Any other "
+        "--section.key value overrides the config, as for train.",
+    )
+    inspect.add_argument("config", help="a training (or, with --stage rm, reward-model) YAML config")
+    inspect.add_argument("overrides", nargs=argparse.REMAINDER,
+                         help="--rows N, --json, --split train|eval, --stage train|sft|rm, --section.key value ...")
+    inspect.set_defaults(func=_inspect_data)
     sample = commands.add_parser("sample", help="K completions per unique prompt → {prompt, completions} JSONL")
     sample.add_argument("model", help="model folder or Hub name")
     sample.add_argument("prompts", help="JSON/JSONL file of rows with a prompt (any of prefopt's data formats)")

@@ -52,8 +52,20 @@ class ModelConfig:
     dtype: str = _help("weights dtype: auto, bfloat16, float16 or float32", default="auto")
     attn_implementation: Optional[str] = _help("sdpa, eager or flash_attention_2 (GPU only)", default="sdpa")
     trust_remote_code: bool = _help("allow custom modelling code from the Hub", default=False)
-    chat_template: Optional[str] = _help("override the tokenizer's chat template (a Jinja string or a file)", default=None)
+    chat_template: Optional[str] = _help(
+        "override the tokenizer's chat template: a shipped template by name (mistral_fixed, gemma2_merged_system), "
+        "a file, or a Jinja string", default=None)
     gradient_checkpointing: bool = _help("recompute activations in the backward pass to save memory", default=False)
+
+    def __post_init__(self):
+        from prefopt.models import CHAT_TEMPLATES, is_jinja
+
+        value = self.chat_template
+        if value and value not in CHAT_TEMPLATES and not Path(value).expanduser().is_file() and not is_jinja(value):
+            raise ConfigError(
+                f"model.chat_template {value!r}: {_suggest(value, list(CHAT_TEMPLATES))}write a shipped template's "
+                f"name ({', '.join(CHAT_TEMPLATES)}), the path of an existing file, or a Jinja string"
+            )
 
 
 @dataclass
@@ -65,6 +77,10 @@ class DataConfig:
     name: Optional[str] = _help("dataset configuration name, for Hub datasets that have several", default=None)
     data_dir: Optional[str] = _help("data_dir of a Hub dataset (Anthropic/hh-rlhf: helpful-base)", default=None)
     format: str = _help("auto, pairs, rw or princeton_rw (see prefopt.data)", default="auto")
+    tokenization: typing.Literal["trl", "official"] = _help(
+        "how chat records become scored tokens: trl = the prompt with the generation prompt, only the text after it "
+        "scored (TRL); official = the SimPO-family scripts the Table 2/3 papers ran (empty system message, each "
+        "response rendered alone with its assistant header, EOS appended; SPEC §6.4)", default="trl")
     max_length: int = _help("maximum tokens of prompt + response; responses are cut on the right", default=1024)
     max_prompt_length: int = _help("maximum prompt tokens; prompts are cut on the left", default=512)
     max_bad_fraction: float = _help("fail when more than this fraction of rows is malformed", default=0.01)

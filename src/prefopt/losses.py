@@ -6,7 +6,8 @@ accumulation scheme needs). Nothing in this module touches a model, the disk, a 
 
 Notation (SPEC §1): ``S(y)`` is the *summed* log-prob of the response tokens, ``A(y) = S(y) / n`` the *averaged* one.
 Each docstring says which of the two a function expects; the registry :data:`LOSSES` records it too so the trainer
-can hand the right one over.
+can hand the right one over. The pairwise losses also take a ``length_norm`` hyper-parameter (true: A, false: S) that
+overrides that convention; the :class:`LossSpec` applies it to the inputs, the functions never see it.
 
 ``margin_offset`` (a per-pair tensor ``m``) is subtracted from a pairwise loss's logit. It is how γ-PO's dynamic
 margins plug into any margin-based loss (SPEC §5): with ``m_i = γ_i − γ0``, :func:`simpo_loss` becomes γ-SimPO and
@@ -244,6 +245,30 @@ def cpo_loss(
     chosen, rejected = _as_float(policy_chosen), _as_float(policy_rejected)
     logits = _minus_offset(beta * (chosen - rejected), margin_offset)
     return _smoothed_logistic(logits, label_smoothing) - nll_weight * chosen
+
+
+def simpo_hinge_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    *,
+    beta: float,
+    gamma_beta_ratio: float,
+    margin_offset: Optional[Tensor] = None,
+) -> Tensor:
+    """SimPO with a hinge instead of the sigmoid (Meng et al. 2024; the ``hinge`` loss type of the SimPO repository),
+    reference-free: ``loss = max(0, 1 − (β·(A_θ(y_w) − A_θ(y_l) − gamma_beta_ratio) − m))``.
+
+    Equivalently ``max(0, 1 − (Δ − γ − m))`` with ``Δ = β·(A_w − A_l)`` and ``γ = β·gamma_beta_ratio`` as in
+    :func:`simpo_loss`. Inputs are **length-averaged** log-probs ``[B]``; ``margin_offset`` ``[B]`` is subtracted from
+    the logit like everywhere else. No label smoothing (SimPO's code ignores it for the hinge). Returns ``[B]``; at
+    ``A_w = A_l``, γ = 0 and m = 0 the loss is exactly 1, and it is 0 once ``Δ − γ − m >= 1``.
+    """
+    _check_positive(beta=beta)
+    if not (isinstance(gamma_beta_ratio, (int, float)) and math.isfinite(gamma_beta_ratio)):
+        raise ValueError(f"gamma_beta_ratio must be a finite number, got {gamma_beta_ratio!r}")
+    _check_tensors(1, policy_chosen=policy_chosen, policy_rejected=policy_rejected, margin_offset=margin_offset)
+    logits = beta * (_as_float(policy_chosen) - _as_float(policy_rejected) - gamma_beta_ratio)
+    return torch.relu(1.0 - _minus_offset(logits, margin_offset))
 
 
 def _log_odds(avg_logps: Tensor) -> Tensor:
@@ -495,6 +520,9 @@ class HParam:
     check: Callable[[Any], bool]
     rule: str  # what a valid value looks like, for the error message
     help: str = ""
+    #: False: when not given, the key is left out of the resolved dict (its default is the loss's own convention,
+    #: read back by the LossSpec itself); used by ``length_norm`` so that existing resolved dicts stay unchanged
+    filled: bool = True
 
 
 REQUIRED = object()
@@ -507,6 +535,23 @@ _smoothing = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) 
 _setting = (lambda v: v in SETTINGS, f"one of {SETTINGS}")
 _divergence = (lambda v: v in DIVERGENCES, f"one of {DIVERGENCES}")
 _floor = (lambda v: v is None or (isinstance(v, (int, float)) and math.isfinite(v) and v < 0), "null or a number < 0")
+_bool = (lambda v: isinstance(v, bool), "true or false")
+
+#: The hyper-parameter that picks averaged (A = S/n) or summed (S) log-probs; handled by :class:`LossSpec` itself.
+LENGTH_NORM = "length_norm"
+
+
+def _length_norm_hparam(averaged: bool) -> HParam:
+    convention = "averaged" if averaged else "summed"
+    return HParam(
+        default=averaged,
+        check=_bool[0],
+        rule=_bool[1],
+        help=(f"true: feed length-averaged log-probs A = S/n, false: summed S (default: this loss's own convention, "
+              f"{convention}); true reproduces the γ-PO repository's length_norm (its XPOTrainer defaults to true "
+              f"for DPO / γ-DPO) and its averaged cpo"),
+        filled=False,
+    )
 
 
 def _hp(default: Any, rule: tuple, help: str = "") -> HParam:
@@ -577,7 +622,7 @@ class LossSpec:
     name: str
     fn: Callable[..., Tensor]
     needs_reference: bool
-    averaged_inputs: bool  # True: the function takes A(y) = S(y)/n; False: S(y)
+    averaged_inputs: bool  # the loss's own convention: True: the function takes A(y) = S(y)/n; False: S(y)
     inputs: str  # one of INPUT_KINDS
     hparams: dict[str, HParam] = field(default_factory=dict)
     dynamic_margins: bool = False  # γ-PO: the caller passes margin_offsets from DynamicMargins (SPEC §5)
@@ -590,6 +635,24 @@ class LossSpec:
     def group(self) -> bool:
         """True when the loss takes [B, K] candidate groups (EXO, DPO-K, f-PO)."""
         return self.inputs == "group"
+
+    @property
+    def takes_length_norm(self) -> bool:
+        """True when the loss accepts the ``length_norm`` hyper-parameter (averaged or summed inputs)."""
+        return LENGTH_NORM in self.hparams
+
+    def averages(self, resolved: Optional[dict[str, Any]] = None) -> bool:
+        """Whether the function receives averaged log-probs A = S/n (True) or summed S (False): ``length_norm`` when
+        given, else the loss's own convention :attr:`averaged_inputs`."""
+        resolved = resolved or {}
+        if LENGTH_NORM not in resolved:
+            return self.averaged_inputs
+        if not self.takes_length_norm:
+            raise ValueError(f"loss {self.name!r} does not take {LENGTH_NORM!r} (its inputs are fixed)")
+        value = resolved[LENGTH_NORM]
+        if not _bool[0](value):
+            raise ValueError(f"loss {self.name!r}: {LENGTH_NORM} must be {_bool[1]}, got {value!r}")
+        return value
 
     def resolve_hparams(self, values: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         """Defaults filled in; unknown, missing or out-of-range values raise a ValueError that says what to write."""
@@ -609,7 +672,8 @@ class LossSpec:
             if key not in values:
                 if spec.default is REQUIRED:
                     raise ValueError(f"loss {self.name!r} needs {key!r} ({spec.help}; {spec.rule})")
-                resolved[key] = spec.default
+                if spec.filled:
+                    resolved[key] = spec.default
                 continue
             value = values[key]
             if not spec.check(value):
@@ -620,13 +684,15 @@ class LossSpec:
         return resolved
 
     def loss_kwargs(self, resolved: dict[str, Any]) -> dict[str, Any]:
-        """The resolved hyper-parameters that :attr:`fn` takes as keywords (all but :attr:`margin_hparams`)."""
-        return {k: v for k, v in resolved.items() if k not in self.margin_hparams}
+        """The resolved hyper-parameters that :attr:`fn` takes as keywords (all but :attr:`margin_hparams` and
+        ``length_norm``, which the spec applies to the inputs itself)."""
+        return {k: v for k, v in resolved.items() if k not in self.margin_hparams and k != LENGTH_NORM}
 
     def implicit_rewards(self, resolved: dict[str, Any], policy_logps: Tensor, ref_logps: Optional[Tensor]) -> Tensor:
         """Each method's own implicit reward (SPEC §1): scale·(policy − reference), or scale·policy when
         reference-free, where scale is β (β_π for the K-candidate losses). Detached: for logging and γ-PO gaps.
-        Takes the log-probs the function takes (averaged when :attr:`averaged_inputs`)."""
+        Takes the log-probs the function takes: averaged when :meth:`averages` ``(resolved)``, else summed (what
+        :meth:`__call__` and :meth:`reward_gaps` pass, so the rewards follow the chosen convention)."""
         scale = float(resolved[self.reward_scale]) if self.reward_scale else 1.0
         score = policy_logps if ref_logps is None else policy_logps - ref_logps
         return scale * score.detach()
@@ -645,20 +711,21 @@ class LossSpec:
 
     # -- the one loss interface: a PreferenceBatch in, a LossOutput out ------------------------------------------
 
-    def _inputs(self, batch: PreferenceBatch) -> tuple[Tensor, Optional[Tensor]]:
-        """Policy and reference log-probs ``[B, K]`` as the function takes them (SPEC §1: A = S/n when averaged)."""
+    def _inputs(self, batch: PreferenceBatch, resolved: dict[str, Any]) -> tuple[Tensor, Optional[Tensor]]:
+        """Policy and reference log-probs ``[B, K]`` as the function takes them (SPEC §1: A = S/n when
+        :meth:`averages` ``(resolved)``, else the summed S)."""
         policy, ref = batch.policy_logps, batch.ref_logps
         if self.needs_reference and ref is None:
             raise ValueError(f"loss {self.name!r} needs reference log-probs (batch.ref_logps)")
         ref = ref.to(policy.dtype) if self.needs_reference else None
-        if self.averaged_inputs:
+        if self.averages(resolved):
             lengths = batch.lengths.to(policy.dtype)
             policy, ref = policy / lengths, (ref / lengths if ref is not None else None)
         return policy, ref
 
     def reward_gaps(self, batch: PreferenceBatch, resolved: dict[str, Any]) -> Tensor:
         """``[B]`` detached r_w − r_l of each pair in the method's own reward (γ-PO's gaps r_i, SPEC §5)."""
-        policy, ref = self._inputs(batch)
+        policy, ref = self._inputs(batch, resolved)
         self._check_pairs(policy)
         rewards = self.implicit_rewards(resolved, policy, ref)  # [B, 2]
         return rewards[:, 0] - rewards[:, 1]
@@ -669,7 +736,7 @@ class LossSpec:
 
     def __call__(self, batch: PreferenceBatch, resolved: dict[str, Any]) -> LossOutput:
         """Per-prompt losses and the method's own rewards for one batch; ``resolved`` from :meth:`resolve_hparams`."""
-        policy, ref = self._inputs(batch)  # (B, K)
+        policy, ref = self._inputs(batch, resolved)  # (B, K)
         kwargs = self.loss_kwargs(resolved)
         if self.inputs == "single":  # SFT: only the first response of each prompt is a target
             return LossOutput(self.fn(policy[:, 0], **kwargs))
@@ -695,9 +762,14 @@ class LossSpec:
 
 
 def _spec(name, fn, *, reference, averaged, inputs="pair", dynamic=False, margin_hparams=(), scale="beta",
-          description="", **hparams):
+          length_norm=False, description="", **hparams):
+    """One registry entry; ``length_norm=True`` adds the ``length_norm`` hyper-parameter (default: ``averaged``)."""
     if inputs not in INPUT_KINDS:
         raise ValueError(f"inputs must be one of {INPUT_KINDS}, got {inputs!r}")
+    if length_norm:
+        if inputs not in ("pair", "pair_lengths"):
+            raise ValueError(f"{LENGTH_NORM} is for pairwise losses, not {inputs!r} ones ({name})")
+        hparams[LENGTH_NORM] = _length_norm_hparam(averaged)
     return LossSpec(
         name=name,
         fn=fn,
@@ -717,17 +789,20 @@ LOSSES: dict[str, LossSpec] = {
     for s in [
         _spec("sft", sft_loss, reference=False, averaged=True, inputs="single", scale=None,
               description="supervised fine-tuning: NLL of the chosen response"),
-        _spec("dpo", dpo_loss, reference=True, averaged=False, beta=_BETA, label_smoothing=_LABEL_SMOOTHING,
-              description="DPO / cDPO, sigmoid of β·h"),
-        _spec("ipo", ipo_loss, reference=True, averaged=True, scale=None, tau=_hp(REQUIRED, _positive, "IPO regulariser τ"),
+        _spec("dpo", dpo_loss, reference=True, averaged=False, length_norm=True, beta=_BETA,
+              label_smoothing=_LABEL_SMOOTHING, description="DPO / cDPO, sigmoid of β·h"),
+        _spec("ipo", ipo_loss, reference=True, averaged=True, length_norm=True, scale=None,
+              tau=_hp(REQUIRED, _positive, "IPO regulariser τ"),
               description="IPO, squared loss on averaged log-ratios"),
-        _spec("hinge", hinge_loss, reference=True, averaged=False, beta=_BETA, description="SLiC hinge on β·h"),
-        _spec("rdpo", rdpo_loss, reference=True, averaged=False, inputs="pair_lengths", beta=_BETA,
+        _spec("hinge", hinge_loss, reference=True, averaged=False, length_norm=True, beta=_BETA,
+              description="SLiC hinge on β·h"),
+        _spec("rdpo", rdpo_loss, reference=True, averaged=False, length_norm=True, inputs="pair_lengths", beta=_BETA,
               alpha=_hp(REQUIRED, _nonneg, "R-DPO length penalty α per token of length difference"),
               description="length-regularised DPO"),
-        _spec("simpo", simpo_loss, reference=False, averaged=True, beta=_BETA, gamma_beta_ratio=_GAMMA_BETA_RATIO,
-              label_smoothing=_LABEL_SMOOTHING, description="SimPO, reference-free, averaged log-probs"),
-        _spec("cpo", cpo_loss, reference=False, averaged=False, beta=_BETA,
+        _spec("simpo", simpo_loss, reference=False, averaged=True, length_norm=True, beta=_BETA,
+              gamma_beta_ratio=_GAMMA_BETA_RATIO, label_smoothing=_LABEL_SMOOTHING,
+              description="SimPO, reference-free, averaged log-probs"),
+        _spec("cpo", cpo_loss, reference=False, averaged=False, length_norm=True, beta=_BETA,
               nll_weight=_hp(1.0, _nonneg, "λ: weight of the chosen NLL term"), label_smoothing=_LABEL_SMOOTHING,
               description="CPO, reference-free sigmoid + NLL"),
         _spec("orpo", orpo_loss, reference=False, averaged=True, scale=None,
@@ -745,15 +820,19 @@ LOSSES: dict[str, LossSpec] = {
                         "α of the α-divergence (divergence: alpha only)"),
               target_floor=_hp(-10.0, _floor, "floor of log p in the rw setting (f-PO code: -10)"),
               description="f-PO, D_f(q‖p) over K candidates"),
-        _spec("alphapo", alphapo_loss, reference=False, averaged=True,
+        _spec("alphapo", alphapo_loss, reference=False, averaged=True, length_norm=True,
               alpha=_hp(REQUIRED, _open_unit, "α of the α-divergence"), beta=_BETA,
               gamma_beta_ratio=_GAMMA_BETA_RATIO, description="reference-free α-PO (f-PO LLM configs)"),
-        _spec("gamma_simpo", simpo_loss, reference=False, averaged=True, dynamic=True, beta=_BETA,
+        _spec("gamma_simpo", simpo_loss, reference=False, averaged=True, length_norm=True, dynamic=True, beta=_BETA,
               gamma_beta_ratio=_GAMMA_BETA_RATIO, label_smoothing=_LABEL_SMOOTHING,
               description="γ-SimPO: SimPO with dynamic per-pair margins (τ: margins.tau)"),
-        _spec("gamma_dpo", dpo_loss, reference=True, averaged=False, dynamic=True, margin_hparams=("gamma_beta_ratio",),
-              beta=_BETA, gamma_beta_ratio=_GAMMA_BETA_RATIO, label_smoothing=_LABEL_SMOOTHING,
+        _spec("gamma_dpo", dpo_loss, reference=True, averaged=False, length_norm=True, dynamic=True,
+              margin_hparams=("gamma_beta_ratio",), beta=_BETA, gamma_beta_ratio=_GAMMA_BETA_RATIO,
+              label_smoothing=_LABEL_SMOOTHING,
               description="γ-DPO: DPO with zero-mean dynamic margin offsets γ_i − γ0 (τ: margins.tau)"),
+        _spec("simpo_hinge", simpo_hinge_loss, reference=False, averaged=True, length_norm=True, beta=_BETA,
+              gamma_beta_ratio=_GAMMA_BETA_RATIO,
+              description="SimPO with a hinge, max(0, 1 − β·(A_w − A_l − γ/β)) (SimPO repository's hinge)"),
     ]
 }
 

@@ -8,6 +8,11 @@ Each training pair i has a detached reward gap ``r_i`` (SimPO: ``Δ_i``; DPO: ``
 so pairs the model already separates well (large ``r_i``) get larger margins, ambiguous or mislabelled ones smaller
 margins, and the KL term (strength τ) keeps the allocation near uniform. The margins average exactly γ0.
 
+The solver is the official code's exponentiated-gradient loop, including its ``1e-10`` inside the log of the KL
+gradient. Its default differs from the official loop in exactly one way: it returns the iterate after ``iters``
+updates, whereas the official loop computes γ at the top of each pass, before updating p, and so returns the iterate
+after ``iters − 1`` updates. ``faithful=True`` returns that iterate and reproduces the official loop to float tolerance.
+
 :func:`solve_margins` is the solver; :class:`DynamicMargins` keeps the FIFO queue of past gaps that Algorithm 2 pools
 with the current batch, and its state for checkpoints.
 """
@@ -24,6 +29,9 @@ Tensor = torch.Tensor
 
 #: Relative fixed-point residual (max |γ − γ*| / γ0) above which the last iterate counts as not converged.
 CONVERGENCE_TOLERANCE = 1e-2
+#: The ``eps`` the official code adds inside the log of the KL gradient, ``τ(1 + log(N·(p_i + eps)))`` (SPEC §5).
+#: Both solver modes use it, so the default differs from the official loop only in which iterate it returns.
+KL_LOG_EPS = 1e-10
 #: Size of the initial queue of N(0, 1) draws in the official code (``faithful=True`` only).
 FAITHFUL_QUEUE_SEED_SIZE = 8
 
@@ -50,28 +58,40 @@ def _check_hparams(gamma0: float, tau: float, iters: int) -> None:
         raise ValueError(f"iters must be an integer >= 1, got {iters!r}")
 
 
-def solve_margins(gaps: Tensor, *, gamma0: float, tau: float, iters: int = 20) -> Tensor:
+def solve_margins(gaps: Tensor, *, gamma0: float, tau: float, iters: int = 20, faithful: bool = False) -> Tensor:
     """Per-pair margins γ for a pool of detached reward gaps (γ-PO Alg. 1; SPEC §5).
 
-    Exponentiated gradient on the simplex, as in the official code: ``p`` starts uniform and takes ``iters`` steps
-    ``p ← p·exp(−η·g) / Σ``, ``η = min(0.5/τ, 1)``, with ``g_i = τ(1 + log(N p_i)) + γ0·σ(γ_i − r_i)``. Returns
-    ``γ0·N·p`` of the last iterate: shape and dtype of ``gaps``, no gradient.
+    Exponentiated gradient on the simplex, as in the official code: ``p`` starts uniform and is updated by
+    ``p ← p·exp(−η·g) / Σ``, ``η = min(0.5/τ, 1)``, with ``g_i = τ(1 + log(N·(p_i + 1e-10))) + γ0·σ(γ_i − r_i)`` and
+    ``γ_i = γ0·N·p_i`` (the ``1e-10`` is :data:`KL_LOG_EPS`, the official code's eps; computed in log space as
+    ``log N + logaddexp(log p_i, log 1e-10)``). Returns ``γ0·N·p`` of one iterate: shape and dtype of ``gaps``, no
+    gradient; computed in float64.
+
+    Which iterate is the one difference between the modes. The official loop runs ``iters`` passes but computes γ at
+    the top of each pass, before that pass updates p, so it returns the iterate after ``iters − 1`` updates;
+    ``faithful=True`` returns exactly that iterate and so reproduces the official loop (``iters=1`` gives the uniform
+    γ0). The default returns the iterate after ``iters`` updates, one step further towards the fixed point: at the
+    four paper configs this changes the margins by at most ~1e-6·γ0 (measured), and by O(γ0) where it oscillates.
 
     Guarantees: mean γ = γ0 (exactly, up to rounding); max γ / min γ ≤ exp(γ0/τ) at every iterate; at convergence
-    ``γ_i = N·γ0·softmax_i(−(γ0/τ)·σ(γ_i − r_i))``, which is increasing in ``r_i``. When the last iterate is not near
-    that fixed point, a :class:`MarginSolverWarning` is emitted. That happens once γ0/τ exceeds about 2 at τ ≈ 1, and
-    earlier for large τ (γ0 = 15, τ = 10 already oscillates) or for τ < 0.5, where the step size is capped at 1; all
-    four γ-PO paper configs converge to a residual below 1e-6·γ0.
+    ``γ_i = N·γ0·softmax_i(−(γ0/τ)·σ(γ_i − r_i))``, which is increasing in ``r_i``. When the returned iterate is not
+    near that fixed point, a :class:`MarginSolverWarning` is emitted. That happens once γ0/τ exceeds about 2 at τ ≈ 1,
+    and earlier for large τ (γ0 = 15, τ = 10 already oscillates) or for τ < 0.5, where the step size is capped at 1;
+    all four γ-PO paper configs converge to a residual below 1e-6·γ0.
     """
     _check_gaps(gaps)
     _check_hparams(gamma0, tau, iters)
     reward_gaps = gaps.detach().to(torch.float64)  # N ≤ a few hundred: float64 costs nothing and keeps mean = γ0
     n = reward_gaps.numel()
     step_size = min(0.5 / tau, 1.0)
-    log_p = torch.full_like(reward_gaps, -math.log(n))
-    for _ in range(iters):
+    log_n, log_eps = math.log(n), math.log(KL_LOG_EPS)
+    log_p = torch.full_like(reward_gaps, -log_n)
+    # The official loop's last pass updates p after γ has been read, so that update never reaches its output.
+    n_updates = iters - 1 if faithful else iters
+    for _ in range(n_updates):
         margins = gamma0 * n * log_p.exp()
-        grad = tau * (1.0 + math.log(n) + log_p) + gamma0 * torch.sigmoid(margins - reward_gaps)
+        log_n_p_eps = log_n + torch.logaddexp(log_p, torch.full_like(log_p, log_eps))  # log(N·(p + eps))
+        grad = tau * (1.0 + log_n_p_eps) + gamma0 * torch.sigmoid(margins - reward_gaps)
         log_p = torch.log_softmax(log_p - step_size * grad, dim=0)  # = p·exp(−η g) / Σ, in log space
     margins = gamma0 * n * log_p.exp()
 
@@ -79,9 +99,9 @@ def solve_margins(gaps: Tensor, *, gamma0: float, tau: float, iters: int = 20) -
     residual = float((margins - fixed_point).abs().max()) / gamma0
     if residual > CONVERGENCE_TOLERANCE:
         warnings.warn(
-            f"γ-PO margin solver did not converge in {iters} steps (fixed-point residual {residual:.3g}·γ0 with "
-            f"γ0 = {gamma0:.3g}, τ = {tau:.3g}); the margins oscillate. Raise tau relative to γ0 = β·gamma_beta_ratio, "
-            f"or raise iters.",
+            f"γ-PO margin solver did not converge in {n_updates} updates (fixed-point residual {residual:.3g}·γ0 "
+            f"with γ0 = {gamma0:.3g}, τ = {tau:.3g}); the margins oscillate. Raise tau relative to "
+            f"γ0 = β·gamma_beta_ratio, or raise iters.",
             MarginSolverWarning,
             stacklevel=2,
         )
@@ -96,9 +116,10 @@ class DynamicMargins:
     pairs' margins; then the current gaps join the queue.
 
     Defaults are the corrected behaviour; ``faithful=True`` reproduces the official code: the queue starts with 8 draws
-    of N(0, 1) and evaluation calls solve and push like training ones. Otherwise the queue starts empty and an
-    evaluation call (``training=False``) leaves the queue and the random generator untouched, pooling with the newest
-    queue entries instead of a random sample.
+    of N(0, 1), evaluation calls solve and push like training ones, and the margins are the solver's iterate before
+    its last update (``solve_margins(..., faithful=True)``, the official loop's output). Otherwise the queue starts
+    empty and an evaluation call (``training=False``) leaves the queue and the random generator untouched, pooling
+    with the newest queue entries instead of a random sample.
 
     Data parallel: pass ``world_gaps`` (one 1-D tensor per rank, gathered in rank order, ``world_gaps[rank]`` equal
     to ``gaps``) to pool the gaps of all ranks; every rank then solves the same pool, pushes the same gaps and, given
@@ -164,7 +185,9 @@ class DynamicMargins:
             sampled = self.queue[-n_extra:]  # evaluation: deterministic, consumes no randomness
         pool = torch.cat([sampled, current])
         self.last_pool_size = pool.numel()
-        margins = solve_margins(pool, gamma0=self.gamma0, tau=self.tau, iters=self.iters)[-current.numel():]
+        margins = solve_margins(
+            pool, gamma0=self.gamma0, tau=self.tau, iters=self.iters, faithful=self.faithful
+        )[-current.numel():]
         if update:
             self.queue = torch.cat([self.queue, current])[-self.queue_size:]
         return margins[start : start + gaps.numel()].to(device=gaps.device, dtype=gaps.dtype)

@@ -7,12 +7,16 @@ flags honoured (:func:`prefopt.hub.offline_from_env`), and a path-like name that
 instead of being asked of the Hub.
 
 Tokenizers get ``pad = EOS`` when they have no pad token (Llama-3 and Pythia ship without one; padding is masked).
+``model.chat_template`` replaces the tokenizer's template with a shipped one by name (:data:`CHAT_TEMPLATES`:
+``mistral_fixed`` for Mistral-Instruct, SPEC §6.2; ``gemma2_merged_system`` for Gemma-2, SPEC §6.3), a file, or a
+Jinja string (:func:`resolve_chat_template`).
 Reward models are ``AutoModelForSequenceClassification`` with one label and a scalar ``score`` head (see
 :mod:`prefopt.rm`).
 """
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -26,6 +30,36 @@ DTYPES: dict[str, Any] = {"auto": "auto", "bfloat16": torch.bfloat16, "float16":
                           "float32": torch.float32}
 #: What :func:`load_model` builds for each ``kind``.
 KINDS = ("causal_lm", "reward_model")
+
+
+#: Chat templates shipped as package data (``resources/chat_templates/<name>.jinja``), selectable by name in
+#: ``model.chat_template``. Both render an assistant turn on its own and accept a system turn, which the SimPO-family
+#: tokenisation needs (``data.tokenization: official``, SPEC §6.4) and the tokenizers' own templates refuse.
+CHAT_TEMPLATES = {
+    "mistral_fixed": "Mistral-Instruct: [INST] user [/INST] + ' answer ' + EOS, system merged into the first turn "
+                     "(the template the official Mistral-Instruct runs use, SPEC §6.2)",
+    "gemma2_merged_system": "Gemma-2: <start_of_turn>user/model turns, system merged into the first turn, no "
+                            "alternation check (the template of the official Gemma-2 γ-PO config, SPEC §6.3)",
+}
+
+
+def is_jinja(text: str) -> bool:
+    """True when ``text`` looks like a Jinja template rather than a name or a path."""
+    return "{{" in text or "{%" in text
+
+
+def resolve_chat_template(value: str) -> str:
+    """The Jinja text ``model.chat_template`` names: a shipped template (:data:`CHAT_TEMPLATES`), a file, or a Jinja
+    string as it is; anything else is a ModelError that lists the names."""
+    if value in CHAT_TEMPLATES:
+        return resources.files("prefopt.resources").joinpath("chat_templates", f"{value}.jinja").read_text()
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path.read_text()
+    if is_jinja(value):
+        return value
+    raise ModelError(f"model.chat_template {value!r} is not a shipped template ({', '.join(CHAT_TEMPLATES)}), "
+                     "an existing file, or a Jinja string")
 
 
 def torch_dtype(name: str) -> Any:
@@ -49,8 +83,8 @@ def check_model_source(name_or_path: Union[str, Path], what: str = "model") -> N
 
 def load_tokenizer(name_or_path: Union[str, Path], *, revision: Optional[str] = None, trust_remote_code: bool = False,
                    chat_template: Optional[str] = None, what: str = "model"):
-    """The tokenizer of a model (Hub id or folder). ``chat_template`` (a Jinja string or a file) replaces the
-    tokenizer's own; a missing pad token becomes EOS."""
+    """The tokenizer of a model (Hub id or folder). ``chat_template`` (a shipped template's name, a file or a Jinja
+    string: :func:`resolve_chat_template`) replaces the tokenizer's own; a missing pad token becomes EOS."""
     from transformers import AutoTokenizer
 
     check_model_source(name_or_path, what)
@@ -62,8 +96,7 @@ def load_tokenizer(name_or_path: Union[str, Path], *, revision: Optional[str] = 
         raise ModelError(f"{what} {str(name_or_path)!r} could not be loaded (not a local folder, and the Hub did not "
                          f"serve it: {_first_line(error)})") from None
     if chat_template:
-        template = Path(chat_template)
-        tokenizer.chat_template = template.read_text() if template.is_file() else chat_template
+        tokenizer.chat_template = resolve_chat_template(chat_template)
     if tokenizer.pad_token_id is None:  # Llama-3 and Pythia ship without one; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -171,10 +171,14 @@ def _load_rm_for_scoring(rm_path: str | Path, dtype: str, device: Optional[str])
     return tokenizer, model
 
 
+def _rm_info(rm_path: str | Path) -> dict:
+    info_file = Path(rm_path) / RM_INFO_FILE
+    return json.loads(info_file.read_text()) if info_file.is_file() else {}
+
+
 def _lengths(rm_path: str | Path, max_length: Optional[int], max_prompt_length: Optional[int]) -> tuple[int, int]:
     """Explicit lengths, else those the RM was trained with (its :data:`RM_INFO_FILE`), else the data defaults."""
-    info_file = Path(rm_path) / RM_INFO_FILE
-    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    info = _rm_info(rm_path)
     return (max_length or info.get("max_length", DEFAULT_MAX_LENGTH),
             max_prompt_length or info.get("max_prompt_length", DEFAULT_MAX_PROMPT_LENGTH))
 
@@ -291,6 +295,7 @@ def run_reward_model(config: RewardModelConfig, argv: Optional[list[str]] = None
             write_json(final / RM_INFO_FILE, {
                 "score": "score head (nn.Linear(hidden, 1)) at the last response token (last completion_mask == 1)",
                 "loss": "bradley_terry", "max_length": d.max_length, "max_prompt_length": d.max_prompt_length,
+                "tokenization": d.tokenization,
                 "base_model": config.model.name_or_path,
             })
     return finish_run(trainer, record, metrics)
@@ -315,15 +320,16 @@ def score_completions(
 ) -> list[list[float]]:
     """The RM's reward of each completion, shaped like ``completions`` (any K per prompt, repeats allowed).
 
-    Tokenised exactly as training (:func:`prefopt.data.tokenize_records`; lengths default to those the RM was trained
-    with), each completion scored as its own sequence, ``batch_size`` sequences per forward, longest first.
+    Tokenised exactly as training (:func:`prefopt.data.tokenize_records`; lengths and ``data.tokenization`` default
+    to those the RM was trained with), each completion scored as its own sequence, ``batch_size`` sequences per forward, longest first.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     max_length, max_prompt_length = _lengths(rm_path, max_length, max_prompt_length)
     tokenizer, model = _load_rm_for_scoring(rm_path, dtype, device)
     examples = tokenize_completions(prompts, completions, tokenizer, max_length=max_length,
-                                    max_prompt_length=max_prompt_length)
+                                    max_prompt_length=max_prompt_length,
+                                    tokenization=_rm_info(rm_path).get("tokenization", "trl"))
     flat = [{"index": j, "prompt_ids": e["prompt_ids"], "completion_ids": [c], "rewards": [0.0]}
             for e in examples for j, c in enumerate(e["completion_ids"])]
     order = sorted(range(len(flat)), key=lambda j: -(len(flat[j]["prompt_ids"]) + len(flat[j]["completion_ids"][0])))

@@ -34,7 +34,8 @@ def prepare_examples(config: RunConfig, tokenizer, source: str, split: str, limi
         data_dir=d.data_dir,
     )
     examples, tokenize_report = tokenize_records(
-        records, tokenizer, max_length=d.max_length, max_prompt_length=d.max_prompt_length
+        records, tokenizer, max_length=d.max_length, max_prompt_length=d.max_prompt_length,
+        tokenization=d.tokenization,
     )
     if not examples:
         raise ConfigError(f"no usable examples left in {source!r} ({split}) after validation and truncation")

@@ -29,14 +29,16 @@ stage, and :func:`encode_prompts` gives the prompt token ids exactly as :func:`t
 Bad rows are dropped and reported rather than silently trained on, and a run stops when too many are bad: a
 schema mix-up otherwise looks like a poor result, not like an error. Tokenisation follows SPEC §1 (only response
 tokens are scored, EOS included) and the two tokenizer traps SPEC §6.2 / §6.3 name: Llama-3's double BOS and
-Qwen2.5's missing BOS.
+Qwen2.5's missing BOS. Chat records are tokenised in one of two conventions, ``data.tokenization``
+(:data:`TOKENIZATIONS`): TRL's (``trl``) or the SimPO-family scripts' (``official``, SPEC §6.4).
 
 The package, one responsibility per module:
 
 - :mod:`prefopt.data.readers`: reading rows from local .json/.jsonl/.parquet files and Hub datasets;
 - :mod:`prefopt.data.formats`: the format registry, format detection, parsing rows into records, HH/TL;DR helpers;
 - :mod:`prefopt.data.tokenize`: chat rendering, the BOS policy and tokenisation of records, completions and prompts;
-- :mod:`prefopt.data.collate`: :class:`PreferenceCollator`, which batches tokenised records.
+- :mod:`prefopt.data.collate`: :class:`PreferenceCollator`, which batches tokenised records;
+- :mod:`prefopt.data.inspect`: the tokenised records as the trainer scores them (``prefopt inspect-data``).
 
 Every public name is re-exported here, so ``from prefopt.data import X`` is the way to use them.
 """
@@ -65,7 +67,7 @@ from prefopt.data.formats import (
     tldr_split,
 )
 from prefopt.data.readers import QUOTED_BAD_ROWS
-from prefopt.data.tokenize import TokenizeReport, encode_prompts, tokenize_completions, tokenize_records
+from prefopt.data.tokenize import TOKENIZATIONS, TokenizeReport, encode_prompts, tokenize_completions, tokenize_records
 from prefopt.errors import DataError
 
 __all__ = [
@@ -80,6 +82,7 @@ __all__ = [
     "SFT_PAIR_COLUMNS",
     "TLDR_PROMPT",
     "TLDR_SPLITS",
+    "TOKENIZATIONS",
     "DataError",
     "DataReport",
     "FormatSpec",
