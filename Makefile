@@ -69,7 +69,7 @@ eval-data: $(STAMP)
 	$(PY) -m prefopt.benchmarks.eval_data --dest eval/data
 
 bench: $(STAMP)
-	$(PY) bench/trainer_vs_trl.py
+	$(PY) bench/trainer_vs_trl.py $(if $(BENCH_SIZES),--sizes $(BENCH_SIZES))
 
 clean:
 	rm -rf $(VENV) .pytest_cache src/*.egg-info

@@ -47,11 +47,19 @@ WORK = RESULTS / "work"
 #: embeddings) with a smaller vocabulary (Pythia's is 50k); the tokenizer's vocabulary is grown with synthetic words.
 #: ``seq`` is max_length (no pair is longer, so neither side truncates); ``steps`` the default number of optimiser
 #: steps, chosen so that ``make bench`` takes 3-4 minutes on 2 idle CPU cores.
-SIZES: dict[str, dict[str, int]] = {
+#: ``large_vocab`` (CPU) is the issue-15 memory case: a 32k vocabulary and 1k-token pairs, where the logits dominate.
+#: ``gpu`` is Llama-3.2-1B-shaped (hidden 2048, 16 layers, 32 heads / 8 KV heads, MLP 8192, the Llama-3 vocabulary
+#: of 128256, tied embeddings), bf16 weights, gradient checkpointing, 2k-token pairs: run it with bench/gpu.sh.
+SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "vocab": 100, "seq": 64, "max_position": 128,
              "steps": 40},
     "small": {"hidden_size": 512, "num_layers": 6, "num_heads": 8, "vocab": 8192, "seq": 256, "max_position": 2048,
               "steps": 20},
+    "large_vocab": {"hidden_size": 256, "num_layers": 2, "num_heads": 4, "vocab": 32768, "seq": 1024,
+                    "max_position": 2048, "steps": 6, "batch_size": 2},
+    "gpu": {"arch": "llama", "hidden_size": 2048, "num_layers": 16, "num_heads": 32, "num_kv_heads": 8,
+            "intermediate": 8192, "vocab": 128256, "seq": 2048, "max_position": 4096, "steps": 16, "batch_size": 2,
+            "dtype": "bfloat16", "gradient_checkpointing": True},
 }
 TRAINERS = ("ours", "trl")
 LABELS = {"ours": "ours (prefopt PreferenceTrainer)", "trl": "TRL DPOTrainer"}
@@ -154,11 +162,12 @@ def _make_timer(cuda: bool):
 
 
 def _batch_fingerprints(batches) -> list[list[int]]:
-    """Per micro-batch: padded shape and the sum of the real (unpadded) token ids, row-order independent."""
+    """Per micro-batch: padded shape, the sum of the real (unpadded) token ids, row-order independent, and the number
+    of real tokens."""
     out = []
     for batch in batches:
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        out.append([*ids.shape, int((ids * mask).sum())])
+        out.append([*ids.shape, int((ids * mask).sum()), int(mask.sum())])
     return out
 
 
@@ -175,13 +184,22 @@ def _worker_prepare(spec: dict) -> dict:
 
     from prefopt.tiny import save_tiny
 
+    cuda = torch.cuda.is_available()
+    parameters = {}
     for size in spec["sizes"]:
         shape = SIZES[size]
         folder = Path(spec["models"][size])
         words = [f"w{i}" for i in range(_synthetic_words(shape["vocab"]))]
-        save_tiny(folder, words, seed=0, hidden_size=shape["hidden_size"], num_layers=shape["num_layers"],
-                  num_heads=shape["num_heads"], max_position_embeddings=shape["max_position"])
-    cuda = torch.cuda.is_available()
+        if shape.get("arch") == "llama":
+            parameters[size] = _save_llama(folder, words, shape, cuda)
+        else:
+            save_tiny(folder, words, seed=0, hidden_size=shape["hidden_size"], num_layers=shape["num_layers"],
+                      num_heads=shape["num_heads"], max_position_embeddings=shape["max_position"])
+            from transformers import AutoConfig, AutoModelForCausalLM
+
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+            parameters[size] = sum(p.numel() for p in model.parameters())
     versions = {}
     for name in ("prefopt", "torch", "transformers", "trl", "accelerate", "datasets", "tokenizers"):
         try:
@@ -196,7 +214,48 @@ def _worker_prepare(spec: dict) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": versions,
+        "parameters": parameters,
+        "matmul_tflops_bf16": _matmul_tflops() if cuda else None,
     }
+
+
+def _save_llama(folder: Path, words: list[str], shape: dict, cuda: bool) -> int:
+    """A randomly initialised Llama-3-shaped model (bf16, built on the GPU when there is one) and its tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from prefopt.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer(words)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=shape["hidden_size"], num_hidden_layers=shape["num_layers"],
+        num_attention_heads=shape["num_heads"], num_key_value_heads=shape["num_kv_heads"],
+        intermediate_size=shape["intermediate"], max_position_embeddings=shape["max_position"], rope_theta=500000.0,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, dtype="bfloat16",
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda" if cuda else "cpu"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _matmul_tflops(n: int = 8192, repeats: int = 20) -> float:
+    """The GPU's measured dense bf16 matrix rate (TFLOP/s): the MFU denominator."""
+    import torch
+
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
 def _common_imports():
@@ -231,6 +290,12 @@ def _worker_ours(spec: dict, timer) -> dict:
             seen["dtype"] = str(self.model.dtype)
             seen["batches"] = []
 
+        def train(self, *args, **kwargs):
+            try:
+                return super().train(*args, **kwargs)
+            finally:
+                seen["forward_plans"] = {role: plan.description for role, plan in self._forward_plans.items()}
+
         def get_batch_samples(self, epoch_iterator, num_batches, device):
             batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
             seen["batches"] += _batch_fingerprints(batches)
@@ -239,11 +304,12 @@ def _worker_ours(spec: dict, timer) -> dict:
     prefopt.trainer.PreferenceTrainer = TimedPreferenceTrainer  # run_training imports it from the module at call time
     base = {
         "model": {
-            "name_or_path": spec["model"], "dtype": "float32", "attn_implementation": "sdpa",
-            "gradient_checkpointing": False,
+            "name_or_path": spec["model"], "dtype": spec["dtype"], "attn_implementation": "sdpa",
+            "gradient_checkpointing": spec["gradient_checkpointing"],
         },
         "data": {
-            "train": spec["data"], "format": "pairs", "max_length": spec["max_length"],
+            # text prompts as text, as TRL's DPOTrainer tokenises non-conversational data
+            "train": spec["data"], "format": "pairs", "apply_chat_template": "never", "max_length": spec["max_length"],
             "max_prompt_length": spec["max_length"] // 2,
         },
         "loss": {"name": "dpo", "beta": BETA},
@@ -291,8 +357,8 @@ def _worker_trl(spec: dict, timer) -> dict:
         max_grad_norm=1.0,
         bf16=spec["bf16"],  # DPOConfig's default is True
         fp16=False,
-        gradient_checkpointing=False,  # DPOConfig's default is True (deprecated alias of the next one)
-        activation_checkpointing=False,
+        gradient_checkpointing=spec["gradient_checkpointing"],  # DPOConfig's default is True (alias of the next one)
+        activation_checkpointing=spec["gradient_checkpointing"],
         logging_steps=spec["steps"],
         logging_first_step=True,  # as the prefopt pipeline does
         eval_strategy="no",
@@ -304,7 +370,7 @@ def _worker_trl(spec: dict, timer) -> dict:
         max_length=spec["max_length"],
         truncation_mode="keep_start",
         precompute_ref_log_probs=False,
-        model_init_kwargs={"dtype": "float32", "attn_implementation": "sdpa"},
+        model_init_kwargs={"dtype": spec["dtype"], "attn_implementation": "sdpa"},
     )
     # The policy is given as the saved folder; with ref_model=None TRL loads the reference from the same folder.
     trainer = TimedDPOTrainer(
@@ -345,6 +411,10 @@ def run_worker(which: str, spec_path: str, result_path: str) -> None:
     measured = timer.step_seconds[spec["warmup"]:]
     sequences = seen.pop("sequences")
     digest = hashlib.sha256(json.dumps(sorted(sequences)).encode()).hexdigest()[:16]
+    batches = seen.get("batches") or []
+    measured_batches = batches[spec["warmup"]:len(timer.step_seconds)]  # one micro-batch per optimiser step
+    tokens = sum(b[-1] for b in measured_batches)
+    positions = sum(b[0] * b[1] for b in batches)
     result = {
         "trainer": which,
         "steps": len(timer.step_seconds),
@@ -365,6 +435,9 @@ def run_worker(which: str, spec_path: str, result_path: str) -> None:
         "mean_sequence_tokens": statistics.fmean(len(s) for s in sequences),
         "max_sequence_tokens": max(len(s) for s in sequences),
         "torch_threads": torch.get_num_threads(),
+        # trained tokens: the real (unpadded) prompt + response tokens of the policy's sequences
+        "tokens_per_s": tokens / sum(measured) if measured and tokens else None,
+        "padding_fraction": 1 - sum(b[-1] for b in batches) / positions if positions else None,
         **seen,
     }
     Path(result_path).write_text(json.dumps(result, indent=2))
@@ -431,6 +504,15 @@ def _run_subprocess(args: list[str], log_path: Path, what: str) -> dict:
     return {"wall_s": wall, "worker_cpu_s": own1 - own0, "other_processes_cores": others}
 
 
+def _mfu(meta: dict, size: str, tokens_per_s: Optional[float]) -> Optional[float]:
+    """Model FLOPs utilisation: 6·N FLOPs per trained token plus 2·N per reference token (a live reference scores the
+    same tokens), over the GPU's measured bf16 matrix rate. None on the CPU."""
+    peak, n = meta.get("matmul_tflops_bf16"), meta.get("parameters", {}).get(size)
+    if not (meta.get("cuda") and peak and n and tokens_per_s):
+        return None
+    return 8 * n * tokens_per_s / (peak * 1e12)
+
+
 def _fmt_ratio(ours: Optional[float], theirs: Optional[float]) -> str:
     return f"{ours / theirs:.2f}" if ours and theirs else "n/a"
 
@@ -445,19 +527,22 @@ def report(meta: dict, settings: dict, results: dict) -> str:
                                          f"{meta['cpu_count']} logical CPUs"),
         "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)
         + f", Python {meta['python']}",
-        f"- settings: DPO sigmoid loss β={BETA}; batch {settings['batch_size']} pairs per step "
-        f"({2 * settings['batch_size']} sequences); optimiser steps "
+        f"- settings: DPO sigmoid loss β={BETA}; pairs per step (sequences = 2×) "
+        + ", ".join(f"{size} {n}" for size, n in settings["batch_size"].items()) + "; optimiser steps "
         + ", ".join(f"{size} {n}" for size, n in settings["steps"].items())
         + f", the first {settings['warmup']} not measured; adamw_torch, lr {settings['learning_rate']:g} constant, "
-        "max_grad_norm 1; "
-        + ("bf16 mixed precision (float32 weights)" if cuda else "float32")
-        + "; live reference model; no gradient checkpointing; eval, saving and reporting off",
+        "max_grad_norm 1; weights "
+        + ", ".join(f"{size} {SIZES[size].get('dtype', 'float32')}" for size in settings["steps"])
+        + ("; bf16 mixed precision" if cuda else "")
+        + "; live reference model; gradient checkpointing: "
+        + (", ".join(s for s in settings["steps"] if SIZES[s].get("gradient_checkpointing")) or "none")
+        + "; eval, saving and reporting off",
         f"- step time: median over the measured steps, on_step_begin → on_step_end"
         + (" with torch.cuda.synchronize" if cuda else "") + f"; peak memory: {memory_kind}",
         "",
-        "| size | trainer | step time (s, median) | peak memory (MiB) | peak − memory at train start (MiB) "
-        "| ratio ours/TRL (time · memory) |",
-        "|---|---|---:|---:|---:|---|",
+        "| size | trainer | step time (s, median) | tokens/s | peak memory (MiB) | peak − memory at train start (MiB) "
+        "| padding | MFU | ratio ours/TRL (time · memory) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for size, pair in results.items():
         shape = SIZES[size]
@@ -474,10 +559,24 @@ def report(meta: dict, settings: dict, results: dict) -> str:
             if which == "ours" and ours and theirs:
                 ratio = (f"{_fmt_ratio(ours['median_step_s'], theirs['median_step_s'])} · "
                          f"{_fmt_ratio(ours['peak_memory_mib'], theirs['peak_memory_mib'])}")
+            rate = r.get("tokens_per_s")
+            mfu = _mfu(meta, size, rate)
+            padding = r.get("padding_fraction")
             lines.append(
                 f"| {model if which == 'ours' else size} | {LABELS[which]} | {r['median_step_s']:.4f} "
-                f"| {r['peak_memory_mib']:.0f} | {increment} | {ratio} |"
+                f"| {'n/a' if rate is None else f'{rate:.0f}'} | {r['peak_memory_mib']:.0f} | {increment} "
+                f"| {'n/a' if padding is None else f'{padding:.1%}'} | {'n/a' if mfu is None else f'{mfu:.1%}'} "
+                f"| {ratio} |"
             )
+    if cuda:
+        lines.append("")
+        lines.append(f"MFU: (6·N per trained token + 2·N per reference token) · tokens/s against the measured bf16 "
+                     f"matrix rate ({meta.get('matmul_tflops_bf16') or float('nan'):.0f} TFLOP/s, 8192² matmuls); N = "
+                     + ", ".join(f"{s} {n / 1e9:.3f}B" for s, n in meta.get("parameters", {}).items()) + " parameters.")
+    for size, pair in results.items():
+        plans = (pair.get("ours") or {}).get("forward_plans")
+        if plans:
+            lines.append(f"- {size}, prefopt forward: " + " | ".join(f"{role}: {text}" for role, text in plans.items()))
     lines.append("")
     lines.append("Same work on both sides (checked by the workers):")
     for size, pair in results.items():
@@ -522,7 +621,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                             f"{size} {shape['steps']}" for size, shape in SIZES.items()) + ")")
     parser.add_argument("--warmup", type=int, default=3, help="first steps left out of the median (default 3)")
     parser.add_argument("--sizes", default="tiny,small", help=f"comma-separated, from {', '.join(SIZES)}")
-    parser.add_argument("--batch-size", type=int, default=4, help="preference pairs per step (default 4)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="preference pairs per step (default 4; large_vocab and gpu: 2)")
     parser.add_argument("--learning-rate", type=float, default=1e-5, help="both trainers, constant (default 1e-5)")
     parser.add_argument("--trainers", default="ours,trl", help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=RESULTS / "trainer_vs_trl.json", help="JSON results file")
@@ -543,12 +643,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     steps = {size: args.steps or SIZES[size]["steps"] for size in sizes}
     if min(steps.values()) <= args.warmup or args.warmup < 0:
         parser.error("--steps must be larger than --warmup (and --warmup >= 0)")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
 
     started = time.perf_counter()
     WORK.mkdir(parents=True, exist_ok=True)
-    settings = {"steps": steps, "warmup": args.warmup, "batch_size": args.batch_size,
+    batch_sizes = {size: args.batch_size or SIZES[size].get("batch_size", 4) for size in sizes}
+    settings = {"steps": steps, "warmup": args.warmup, "batch_size": batch_sizes,
                 "learning_rate": args.learning_rate, "beta": BETA, "seed": SEED, "sizes": sizes}
 
     models = {size: str(WORK / f"model-{size}") for size in sizes}
@@ -564,11 +665,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         shape = SIZES[size]
         data = WORK / f"pairs-{size}.jsonl"
         # Exactly one epoch: every step sees new pairs, and no epoch boundary falls inside the measured steps.
-        write_pairs(data, steps[size] * args.batch_size, shape["seq"], _synthetic_words(shape["vocab"]))
+        write_pairs(data, steps[size] * batch_sizes[size], shape["seq"], _synthetic_words(shape["vocab"]))
         results[size] = {}
         for which in trainers:
             spec = {
-                **settings, "steps": steps[size], "model": models[size], "data": str(data),
+                **settings, "steps": steps[size], "batch_size": batch_sizes[size], "model": models[size],
+                "data": str(data), "dtype": shape.get("dtype", "float32"),
+                "gradient_checkpointing": bool(shape.get("gradient_checkpointing", False)),
                 "max_length": shape["seq"], "bf16": meta["cuda"], "run_dir": str(WORK / f"run-{size}-{which}"),
             }
             shutil.rmtree(spec["run_dir"], ignore_errors=True)  # a fresh run folder: the pipeline refuses a used one

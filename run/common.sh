@@ -25,6 +25,7 @@ RESULTS=${RESULTS:-results}
 CONFIGS=${CONFIGS:-training_configs}
 LAUNCH=${LAUNCH:-}
 EXTRA=${EXTRA:-}
+BENCH_TRAIN_ARGS=("${BENCH_TRAIN_ARGS[@]}")
 EVAL_CHECKPOINT=${EVAL_CHECKPOINT:-final}
 DRY_RUN=${DRY_RUN:-0}
 
@@ -138,10 +139,11 @@ train_stage() {
 # ---------------------------------------------------------------------------------------------------------------------
 # Table 1 (SPEC §6.1): table1_pipeline DATASET MODE   (DATASET in hh|tldr, MODE in pref|rw)
 #
+# Data: read from the Hub by name in every stage (SPEC §6.1 step 1): HH = Anthropic/hh-rlhf, data_dir helpful-base,
+# train / test; TL;DR = openai/summarize_from_feedback, config comparisons, train / validation.
 # Extra variables:
-#   TRAIN_PROMPTS  local train file the rw stage samples from (default: $RESULTS/table1/<dataset>_train_prompts.jsonl)
-#   TEST_PAIRS     local test pairs file: prompts to sample and chosen responses for the judge
-#                  (default: $RESULTS/table1/<dataset>_test_pairs.jsonl)
+#   TRAIN_PROMPTS  a local file the rw stage samples from instead of the Hub train split (any of prefopt's formats)
+#   TEST_PAIRS     a local pairs file instead of the Hub test split: prompts to sample and chosen responses to judge
 #   K (4), TEMPERATURE (0.8), TOP_K (0), MAX_NEW_TOKENS (hh 200, tldr 75), N_TEST_PROMPTS (512), N_JUDGE (100)
 #   SAMPLE_ARGS    extra flags for every `prefopt sample` (e.g. "--backend vllm --batch-size 64")
 #   JUDGE_ARGS     extra flags for every `prefopt judge` (e.g. "--workers 8 --model gpt-4-0613")
@@ -160,12 +162,26 @@ table1_pipeline() {
     local max_new_tokens=${MAX_NEW_TOKENS:-$max_new}
     local n_test=${N_TEST_PROMPTS:-512} n_judge=${N_JUDGE:-100}
     local out="$RESULTS/table1"
-    local train_prompts=${TRAIN_PROMPTS:-$out/${dataset}_train_prompts.jsonl}
-    local test_pairs=${TEST_PAIRS:-$out/${dataset}_test_pairs.jsonl}
+    # Hub sources and how to read them; a local TRAIN_PROMPTS / TEST_PAIRS is read with its format detected.
+    local hub hub_args=() train_split test_split
+    case "$dataset" in
+        hh) hub=Anthropic/hh-rlhf; hub_args=(--data-dir helpful-base --format hh); train_split=train; test_split=test ;;
+        tldr) hub=openai/summarize_from_feedback; hub_args=(--data-config comparisons --format tldr)
+              train_split=train; test_split=validation ;;
+    esac
+    local train_prompts=${TRAIN_PROMPTS:-$hub} test_pairs=${TEST_PAIRS:-$hub}
+    local train_source=() test_source=() baseline_source=()
+    if [[ -z "${TRAIN_PROMPTS:-}" ]]; then train_source=("${hub_args[@]}" --split "$train_split"); fi
+    if [[ -z "${TEST_PAIRS:-}" ]]; then
+        test_source=("${hub_args[@]}" --split "$test_split")
+        baseline_source=("${hub_args[@]/#--/--baseline-}" --baseline-split "$test_split")
+    fi
     local sample_args judge_args
     read -r -a sample_args <<< "${SAMPLE_ARGS:-}"
     read -r -a judge_args <<< "${JUDGE_ARGS:-}"
-    local sampling=(--temperature "$temperature" --top-k "$top_k" --max-new-tokens "$max_new_tokens" "${sample_args[@]}")
+    # HH / TL;DR prompts are text that already ends in the assistant cue: never through a chat template
+    local sampling=(--temperature "$temperature" --top-k "$top_k" --max-new-tokens "$max_new_tokens" --chat-template never
+                    "${sample_args[@]}")
 
     local sft_dir="$out/${dataset}_sft" rm_dir="$out/${dataset}_rm"
     local sft_model="$sft_dir/final" rm_model="$rm_dir/final"
@@ -179,8 +195,9 @@ table1_pipeline() {
     if [[ "$mode" == rw ]]; then
         local samples="$out/$setting/train_samples.jsonl" rw_data="$out/$setting/rw_train.jsonl"
         if ! done_ "$samples" "sample train K=$k"; then
-            need "$train_prompts" "export the train split first (see run/README.md, TRAIN_PROMPTS)"
-            run "${PREFOPT_CMD[@]}" sample "$sft_model" "$train_prompts" "$samples" --k "$k" "${sampling[@]}"
+            [[ -n "${TRAIN_PROMPTS:-}" ]] && need "$train_prompts" "TRAIN_PROMPTS names no file"
+            run "${PREFOPT_CMD[@]}" sample "$sft_model" "$train_prompts" "$samples" --k "$k" "${train_source[@]}" \
+                "${sampling[@]}"
             mark "$samples" --in "$sft_model" --in "$train_prompts"
         fi
         step "label" "$rw_data" --in "$rm_model" --in "$samples" -- \
@@ -201,8 +218,9 @@ table1_pipeline() {
     local eval_dir="$out/eval/${dataset}"
     local sft_samples="$eval_dir/sft_samples.jsonl"
     if ! done_ "$sft_samples" "sample test sft"; then
-        need "$test_pairs" "export the test split first (see run/README.md, TEST_PAIRS)"
-        run "${PREFOPT_CMD[@]}" sample "$sft_model" "$test_pairs" "$sft_samples" --k 4 --limit "$n_test" "${sampling[@]}"
+        [[ -n "${TEST_PAIRS:-}" ]] && need "$test_pairs" "TEST_PAIRS names no file"
+        run "${PREFOPT_CMD[@]}" sample "$sft_model" "$test_pairs" "$sft_samples" --k 4 --limit "$n_test" \
+            "${test_source[@]}" "${sampling[@]}"
         mark "$sft_samples" --in "$sft_model" --in "$test_pairs"
     fi
     step "mean-reward sft" "$eval_dir/sft_mean_reward.json" --in "$rm_model" --in "$sft_samples" -- \
@@ -212,7 +230,8 @@ table1_pipeline() {
         local run_dir="$out/${setting}_${method}"
         local ev="$run_dir/eval_${EVAL_CHECKPOINT}" policy="$run_dir/$EVAL_CHECKPOINT"
         step "sample test $method" "$ev/samples.jsonl" --in "$policy" --in "$test_pairs" -- \
-            "${PREFOPT_CMD[@]}" sample "$policy" "$test_pairs" "$ev/samples.jsonl" --k 4 --limit "$n_test" "${sampling[@]}"
+            "${PREFOPT_CMD[@]}" sample "$policy" "$test_pairs" "$ev/samples.jsonl" --k 4 --limit "$n_test" \
+                "${test_source[@]}" "${sampling[@]}"
         step "mean-reward $method" "$ev/mean_reward.json" --in "$rm_model" --in "$ev/samples.jsonl" -- \
             "${PREFOPT_CMD[@]}" mean-reward "$rm_model" "$ev/samples.jsonl" --out "$ev/mean_reward.json"
         if [[ "${SKIP_JUDGE:-0}" != 1 ]]; then
@@ -221,9 +240,14 @@ table1_pipeline() {
                     --template "$template" --baseline-kind samples --n-prompts "$n_judge" "${judge_args[@]}"
             step "judge $method vs chosen" "$ev/vs_chosen/winrate.json" --in "$ev/samples.jsonl" --in "$test_pairs" -- \
                 "${PREFOPT_CMD[@]}" judge "$ev/samples.jsonl" "$test_pairs" "$ev/vs_chosen" \
-                    --template "$template" --baseline-kind chosen --n-prompts "$n_judge" "${judge_args[@]}"
+                    --template "$template" --baseline-kind chosen --n-prompts "$n_judge" "${baseline_source[@]}" \
+                    "${judge_args[@]}"
         fi
     done
+
+    # 6. the table of every Table 1 run folder evaluated so far (cheap: always rebuilt), Markdown and LaTeX
+    run "${PREFOPT_CMD[@]}" table1 "$out" --checkpoint "$EVAL_CHECKPOINT" --out "$out/table1.md"
+    run "${PREFOPT_CMD[@]}" table1 "$out" --checkpoint "$EVAL_CHECKPOINT" --latex --out "$out/table1.tex"
 }
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -236,7 +260,10 @@ table1_pipeline() {
 #   GEN_ARGS       extra flags for every bench-generate (e.g. "--backend vllm" or "--limit 5 --data-dir eval/data")
 #   SCORE_ARGS     extra flags for every bench-score (e.g. "--workers 8")
 #   ALPACA_BASELINE / ARENA_BASELINE  --baseline files for alpaca_eval / arena_hard scoring (default: the command's own)
+#   ARENA_HARD_DIR your checkout of arena-hard-auto at its last v0.1 commit (needed for arena_hard: questions, baseline
+#                  answers and the official judge configuration are read from it at run time)
 #   TABLE_ARGS     extra flags for bench-table (e.g. "--latex")
+#   BENCH_TRAIN_ARGS  (an array a script may set) extra overrides of every training call, before EXTRA
 bench_pipeline() {
     local table=$1 setting=$2 family=$3 default_methods=$4
     local methods=${METHODS:-$default_methods}
@@ -248,27 +275,38 @@ bench_pipeline() {
     local out="$RESULTS/$table" bench_dir="$RESULTS/$table/bench/$setting"
     local method benchmark
 
+    local train_inputs=() train_args=("${BENCH_TRAIN_ARGS[@]}")
+    [[ ${#train_args[@]} -ge 2 && "${train_args[0]}" == --data.train ]] && train_inputs=(--in "${train_args[1]}")
     for method in $methods; do
-        train_stage train "$CONFIGS/$table/$setting/$method.yaml" "$out/${setting}_${method}"
+        train_stage train "$CONFIGS/$table/$setting/$method.yaml" "$out/${setting}_${method}" "${train_inputs[@]}" \
+            "${train_args[@]}"
     done
     [[ "${STAGES:-all}" == train ]] && return 0  # STAGES=train: train now, evaluate in a later call
 
     for method in $methods; do
         local model="$out/${setting}_${method}/$EVAL_CHECKPOINT" dir="$bench_dir/$method"
         for benchmark in $benchmarks; do
-            local answers="$dir/${benchmark}_answers.jsonl"
+            local answers="$dir/${benchmark}_answers.jsonl" arena=() arena_inputs=()
             [[ "$benchmark" == alpaca_eval ]] && answers="$dir/${benchmark}_answers.json"
-            step "bench-generate $method $benchmark" "$answers" --in "$model" -- \
+            if [[ "$benchmark" == arena_hard ]]; then
+                if [[ -z "${ARENA_HARD_DIR:-}" ]]; then
+                    log "arena_hard needs ARENA_HARD_DIR: your checkout of arena-hard-auto at its last v0.1 commit"
+                    [[ "$DRY_RUN" == 1 ]] || exit 2
+                fi
+                arena=(--arena-hard-dir "${ARENA_HARD_DIR:-ARENA_HARD_DIR}")
+                arena_inputs=(--in "${ARENA_HARD_DIR:-ARENA_HARD_DIR}/config/judge_config.yaml")
+            fi
+            step "bench-generate $method $benchmark" "$answers" --in "$model" "${arena_inputs[@]}" -- \
                 "${PREFOPT_CMD[@]}" bench-generate "$model" "$benchmark" --family "$family" --out "$dir" \
-                    --name "$method" "${gen_args[@]}"
+                    --name "$method" "${arena[@]}" "${gen_args[@]}"
             local baseline=()
             [[ "$benchmark" == alpaca_eval && -n "${ALPACA_BASELINE:-}" ]] && baseline=(--baseline "$ALPACA_BASELINE")
             [[ "$benchmark" == arena_hard && -n "${ARENA_BASELINE:-}" ]] && baseline=(--baseline "$ARENA_BASELINE")
-            local score_inputs=(--in "$answers")
+            local score_inputs=(--in "$answers" "${arena_inputs[@]}")
             [[ ${#baseline[@]} -gt 0 ]] && score_inputs+=(--in "${baseline[1]}")
             step "bench-score $method $benchmark" "$dir/$benchmark.json" "${score_inputs[@]}" -- \
                 "${PREFOPT_CMD[@]}" bench-score "$benchmark" "$answers" --name "$method" --out "$dir/$benchmark.json" \
-                    "${baseline[@]}" "${score_args[@]}"
+                    "${arena[@]}" "${baseline[@]}" "${score_args[@]}"
         done
     done
 

@@ -209,3 +209,37 @@ def test_smallworld_length_bias_raises_raw_not_lc():
     # without the bias, nothing moves much
     anns0 = ae.annotate(model, base, HiddenRewardAlpacaJudge(world, length_bias=0.0))
     assert ae.raw_win_rate(anns0)["win_rate"] < raw[3] - 10
+
+
+def test_official_lc_drops_unreadable_rows_first(tmp_path, monkeypatch):
+    """alpaca_eval 0.6.6 drops annotations with a NaN preference before its LC metric sees them
+    (annotators/base.py); passing them in changes the length standardisation and the mean prediction."""
+    import pandas as pd
+    from alpaca_eval.metrics import glm_winrate
+
+    anns = _synthetic_annotations(n=120, seed=3)
+    for a in anns[::7]:
+        a["preference"] = float("nan")
+    rng = np.random.default_rng(2)
+    csv = tmp_path / "df_gamed.csv"
+    pd.DataFrame({"index": range(120), "instruction_difficulty": rng.normal(size=120), "model": "gamed",
+                  "preference": 1.5, "not_gamed_baseline": False}).to_csv(csv, index=False)
+    monkeypatch.setattr(glm_winrate, "hf_hub_download", lambda **kw: str(csv))
+    columns = ("preference", "output_1", "output_2", "index", "generator_1", "generator_2", "annotator")
+    frame = pd.DataFrame([{k: a[k] for k in columns} for a in anns])
+
+    original = glm_winrate.get_length_controlled_winrate
+
+    def theirs(df):
+        return original(df, glm_name="length_controlled_minimal",
+                                                         save_weights_dir=None,
+                                                         is_add_glm_preference_inplace=False)["length_controlled_winrate"]
+
+    monkeypatch.setattr(glm_winrate, "get_length_controlled_winrate",
+                        lambda df, **kw: {"length_controlled_winrate": theirs(df)})
+    value, note = ae.official_lc_win_rate(anns, allow="always")
+    assert value == pytest.approx(theirs(frame[frame["preference"].notna()]), abs=1e-9)
+    assert abs(value - theirs(frame)) > 1e-6  # the NaN rows would have changed it
+    assert "length_controlled_v1" in note
+    metrics = ae.compute_metrics(anns, official_lc="never", our_lc=False)
+    assert "lc_win_rate_ours" not in metrics and "NaN rows dropped" in metrics["lc_rule"]

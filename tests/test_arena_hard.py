@@ -27,15 +27,64 @@ BASE = ah.DEFAULT_BASELINE
 
 @pytest.mark.parametrize("label", ah.LABELS)
 def test_parse_each_label(label):
-    assert ah.parse_verdict(f"My own answer: 42.\n\nBoth are fine.\nMy final verdict is: [[{label}]]") == label
+    for rule in ah.VERDICT_RULES:
+        assert ah.parse_verdict(f"My own answer: 42.\n\nBoth are fine.\nMy final verdict is: [[{label}]]", rule) == label
 
 
-def test_parse_last_label_wins_and_invalid_cases():
-    assert ah.parse_verdict("I first thought [[A>B]] but on reflection [[B>>A]]") == "B>>A"
-    assert ah.parse_verdict("Code: x[[0]] and y[[i+1]]. Verdict: [[A=B]]") == "A=B"  # non-verdict brackets ignored
-    for bad in ["", None, "no verdict here", "A>B", "[A>B]", "[[A>>>B]]", "[[a>b]]", "[[B<A]]", "[[A > B]]",
-                "[[A>B>]]", "[[B=A]]", "[[A>B]] then a lookalike [[A>>>B]]", "[[tie]]", "[[]]"]:
-        assert ah.parse_verdict(bad) is None, bad
+def official_reference(text):
+    """arena-hard-auto v0.1's label rule, restated here: the distinct non-empty matches of two brackets around
+    upper-case A/B and < > = ; none -> (None, ask again); one -> it (dropped unless one of the five); more -> dropped."""
+    found = set()
+    i = 0
+    while True:
+        start = text.find("[[", i)
+        if start < 0:
+            break
+        end = text.find("]]", start + 2)
+        inner = text[start + 2:end] if end >= 0 else ""
+        if end >= 0 and inner and all(c in "AB<>=" for c in inner):
+            found.add(inner)
+            i = end + 2
+        else:
+            i = start + 1
+    if not found:
+        return None, True
+    if len(found) > 1:
+        return None, False
+    label = found.pop()
+    return (label if label in ("A>>B", "A>B", "A=B", "B>A", "B>>A") else None), False
+
+
+CATALOGUE = {  # judge answer: (official verdict, official asks again, our "last" verdict)
+    "My final verdict is: [[A>B]]": ("A>B", False, "A>B"),
+    "I first thought [[A>B]] but on reflection [[B>>A]]": (None, False, "B>>A"),  # two different labels
+    "[[B>A]] ... as said, [[B>A]]": ("B>A", False, "B>A"),  # the same label twice
+    "no verdict here": (None, True, None),
+    "": (None, True, None),
+    "[[a>b]]": (None, True, None),  # lowercase: no label for the official pattern
+    "[[ A>B ]]": (None, True, None),  # space-padded: no label officially, an invalid token for ours
+    "[[A > B]]": (None, True, None),
+    "[[A>>>B]]": (None, False, None),  # one non-standard label: show_result.py gives it weight 0
+    "[[B<A]]": (None, False, None),
+    "Code x[[0]] then [[A=B]]": ("A=B", False, "A=B"),
+    "[[A>B]] then a lookalike [[A>>>B]]": (None, False, None),
+    "[A>B]": (None, True, None),
+}
+
+
+@pytest.mark.parametrize("text", sorted(CATALOGUE))
+def test_verdict_rules_on_a_catalogue(text):
+    official, again, last = CATALOGUE[text]
+    assert official_reference(text) == (official, again)
+    assert ah.verdict_status(text, "official") == (official, again)
+    assert ah.parse_verdict(text) == official  # official is the default
+    assert ah.parse_verdict(text, "last") == last
+    with pytest.raises(ah.ConfigError, match="verdict rule"):
+        ah.parse_verdict(text, "first")
+
+
+def test_parse_none_is_invalid():
+    assert ah.parse_verdict(None) is None and ah.verdict_status(None) == (None, True)
 
 
 def test_game_outcomes_follow_positions():
@@ -175,16 +224,64 @@ def test_all_wins_gives_100_percent():
 
 def test_bootstrap_ci_contains_estimate_and_is_seeded():
     js = random_judgements(["m1", "m2"], 80, seed=4)
-    a = ah.score_judgements(js, seed=7)
-    b = ah.score_judgements(js, seed=7)
-    c = ah.score_judgements(js, seed=8)
-    assert a == b
-    assert a["bootstrap"] == 100
-    for m in ("m1", "m2"):
-        lo, hi = a["models"][m]["ci"]
-        assert lo < a["models"][m]["win_rate"] < hi
-        assert 0 < hi - lo < 40
-    assert a["models"]["m1"]["ci"] != c["models"]["m1"]["ci"]
+    for rule in ah.BOOTSTRAP_RULES:
+        a = ah.score_judgements(js, seed=7, bootstrap_rule=rule)
+        b = ah.score_judgements(js, seed=7, bootstrap_rule=rule)
+        c = ah.score_judgements(js, seed=8, bootstrap_rule=rule)
+        assert a == b and a["bootstrap"] == 100 and a["bootstrap_rule"] == rule
+        for m in ("m1", "m2"):
+            lo, hi = a["models"][m]["ci"]
+            assert lo < a["models"][m]["win_rate"] < hi
+            assert 0 < hi - lo < 40
+            assert a["models"][m]["bootstrap_rule"] == rule
+        assert a["models"]["m1"]["ci"] != c["models"]["m1"]["ci"]
+    with pytest.raises(ah.ConfigError, match="bootstrap rule"):
+        ah.score_judgements(js, bootstrap_rule="rows")
+
+
+def test_battle_row_bootstrap_matches_a_float64_reference():
+    """show_result.py's interval, restated: battle rows (strong x3, tie = one row worth 1/2) of all models in one
+    frame, DataFrame.sample(frac=1, replace=True) from RandomState(seed), per round the BT strengths (closed form
+    here: the log-odds of each model's row share), 2.5/97.5 percentiles of the strengths, then win rates."""
+    import pandas as pd
+
+    js = random_judgements(["m1", "m2", "m3"], 60, seed=11)
+    rows = []
+    for j in js:
+        v = j["verdict"]
+        if v is None:
+            continue
+        model_is_a = j["game"] == 2
+        score = 0.5 if v == "A=B" else float(v.startswith("A") == model_is_a)
+        rows += [{"model": j["model"], "score": score}] * (3 if ">>" in v else 1)
+    frame = pd.DataFrame(rows)
+    for seed in (42, 5):
+        rs = np.random.RandomState(seed)
+        boot = {m: [] for m in ("m1", "m2", "m3")}
+        for _ in range(100):
+            sample = frame.sample(frac=1.0, replace=True, random_state=rs)
+            share = sample.groupby("model")["score"].mean()
+            for m in boot:
+                boot[m].append(np.log(share[m] / (1 - share[m])))
+        got = ah.score_judgements(js, seed=seed)
+        assert got["seed"] == seed and got["bootstrap_rule"] == "battles"
+        for m, strengths in boot.items():
+            lo, hi = (100 / (1 + np.exp(-np.percentile(strengths, q))) for q in (2.5, 97.5))
+            assert got["models"][m]["ci"] == pytest.approx([lo, hi], abs=1e-7)
+    assert ah.score_judgements(js)["seed"] == 42  # show_result.py's seed by default
+
+
+def test_question_bootstrap_is_wider_than_battle_rows():
+    js = random_judgements(["m1"], 200, seed=3)
+    width = {rule: np.subtract(*ah.score_judgements(js, bootstrap_rule=rule)["models"]["m1"]["ci"][::-1])
+             for rule in ah.BOOTSTRAP_RULES}
+    assert width["questions"] != width["battles"] and width["battles"] > 0
+
+
+def test_mixed_verdict_rules_are_refused():
+    js = [dict(rec("q1", 1, "A>B"), verdict_rule="official"), dict(rec("q1", 2, "B>A"), verdict_rule="last")]
+    with pytest.raises(ah.ConfigError, match="mix verdict rules"):
+        ah.score_judgements(js)
 
 
 # -- files ---------------------------------------------------------------------------------------------------------
@@ -210,18 +307,52 @@ def test_load_questions_and_answers(tmp_path):
 # -- the LLM judge through the fake server -------------------------------------------------------------------------
 
 
-_ANSWERS = re.compile(r"Assistant A's Answer\|>\n(.*?)\n<\|The End.*?Assistant B's Answer\|>\n(.*?)\n<\|The End", re.S)
+SYSTEM_PROMPT = ("You are Referee Quokka-7. Weigh two replies by pineapple-grade rigour.\n\n"
+                 "Close with exactly one token among [[A>>B]] [[A>B]] [[A=B]] [[B>A]] [[B>>A]].")
+TEMPLATE = "<<Q>>\n{question_1}\n<<FIRST>>\n{answer_1}\n<</FIRST>>\n<<SECOND>>\n{answer_2}\n<</SECOND>>"
+RETRY = "Quokka-7, wrap up with your bracketed verdict token please."
 
 
-def verdict_rule(content: str, n: int) -> Reply:
-    """Good answers (containing 'GOOD') beat others strongly; question 'q-garbage' gets no label; equal -> tie."""
+def make_checkout(root, questions, baseline, *, attempts=2, with_retry=True):
+    """A fake arena-hard-auto checkout in the v0.1 layout, with our own invented prompt text."""
+    (root / "config").mkdir(parents=True)
+    (root / "config" / "judge_config.yaml").write_text(
+        "name: judgment config file for a test\nbench_name: arena-hard-v0.1\njudge_model: judge-official\n"
+        "reference: False\nref_model: null\nbaseline: True\nbaseline_model: gpt-4-0314\npairwise: True\n"
+        f"temperature: 0\nmax_tokens: 321\nregex_pattern: \\[\\[([AB<>=]+)\\]\\]\n"
+        f"number_of_judgment_attempts: {attempts}\nsystem_prompt: {json.dumps(SYSTEM_PROMPT)}\n"
+        f"prompt_template: [{json.dumps(TEMPLATE)}]\nmodel_list:\n  - somebody\n")
+    if with_retry:
+        (root / "gen_judgment.py").write_text(
+            "def judgment(conv):\n    conv.append({'role': 'user', 'content': user_prompt})\n"
+            f"    conv.append({{'role': 'user', 'content': {RETRY!r}}})\n")
+    data = root / "data" / "arena-hard-v0.1"
+    data.mkdir(parents=True)
+    (data / "question.jsonl").write_text("".join(json.dumps({"question_id": q, "category": "c", "cluster": "c",
+                                                             "turns": [{"content": f"Question {q}?"}]}) + "\n"
+                                                 for q in questions))
+    ah.write_answers(data / "model_answer" / "gpt-4-0314.jsonl", "gpt-4-0314", baseline)
+    return root
+
+
+_SHOWN = re.compile(r"<<FIRST>>\n(.*?)\n<</FIRST>>\n<<SECOND>>\n(.*?)\n<</SECOND>>", re.S)
+
+
+def checkout_rule(content: str, n: int) -> Reply:
+    """Good answers (containing 'GOOD') beat others strongly; 'q-garbage' gets a lone non-standard label;
+    'q-two' two different labels; 'q-retry' no label until the retry request comes."""
+    if content == RETRY:
+        return Reply(content="Fine: [[B>A]]")
     if "q-garbage" in content:
         return Reply(content="My answer: ... I cannot decide [[A>>>B]]")
-    a, b = _ANSWERS.search(content).groups()
+    if "q-two" in content:
+        return Reply(content="First [[A>B]], then [[B>A]].")
+    if "q-retry" in content:
+        return Reply(content="My own answer, and then I ran out of words.")
+    a, b = _SHOWN.search(content).groups()
     ga, gb = "GOOD" in a, "GOOD" in b
     label = "A=B" if ga == gb else ("A>>B" if ga else "B>>A")
-    return Reply(content=f"My own answer: something.\nCompared with it, ... [[A>B]] was my first thought.\n"
-                         f"My final verdict is: [[{label}]]")
+    return Reply(content=f"My own answer: something.\nMy final verdict is: [[{label}]]")
 
 
 @pytest.fixture
@@ -230,42 +361,78 @@ def server(monkeypatch, tmp_path):
                 "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     fake = FakeOpenAI()
-    fake.rule = verdict_rule
+    fake.rule = checkout_rule
     yield fake
     fake.close()
 
 
-def test_judge_answers_with_fake_server_and_cache(server, tmp_path):
-    questions = [{"question_id": q, "turns": [{"content": f"Question {q}?"}]} for q in ("q1", "q2", "q-garbage")]
-    baseline = {"q1": "base answer", "q2": "GOOD base answer", "q-garbage": "base"}
-    models = {"good": {"q1": "GOOD one", "q2": "GOOD two", "q-garbage": "x"},
-              "weak": {"q1": "meh", "q2": "meh", "q-garbage": "y"}}
+QIDS = ("q1", "q2", "q-garbage", "q-two", "q-retry")
+
+
+def test_checkout_config_reaches_the_judge_verbatim_with_retry_and_cache(server, tmp_path):
+    baseline = {"q1": "base answer", "q2": "GOOD base answer", "q-garbage": "b", "q-two": "b", "q-retry": "b"}
+    root = make_checkout(tmp_path / "arena-hard-auto", QIDS, baseline)
+    config = ah.load_judge_config(root)
+    assert config.system_prompt == SYSTEM_PROMPT and config.prompt_templates == (TEMPLATE,)
+    assert (config.attempts, config.temperature, config.max_tokens) == (2, 0.0, 321)
+    assert config.retry_request == RETRY and config.baseline_model == "gpt-4-0314"
+    questions = ah.load_questions(ah.checkout_questions_path(root))
+    base = ah.load_answers(ah.checkout_answers_path(root, config.baseline_model))
+    models = {"good": {"q1": "GOOD one", "q2": "GOOD two", "q-garbage": "x", "q-two": "x", "q-retry": "x"}}
     client = JudgeClient("judge-test", base_url=server.url, cache_dir=tmp_path / "cache", max_retries=1, timeout=5)
-    records = ah.judge_answers(client, questions, models, baseline)
-    assert server.count() == 12
-    got = {(r["model"], r["question_id"], r["game"]): r["verdict"] for r in records}
-    assert got == {
-        ("good", "q1", 1): "B>>A", ("good", "q1", 2): "A>>B", ("good", "q2", 1): "A=B", ("good", "q2", 2): "A=B",
-        ("good", "q-garbage", 1): None, ("good", "q-garbage", 2): None,
-        ("weak", "q1", 1): "A=B", ("weak", "q1", 2): "A=B", ("weak", "q2", 1): "A>>B", ("weak", "q2", 2): "B>>A",
-        ("weak", "q-garbage", 1): None, ("weak", "q-garbage", 2): None,
-    }
-    body = server.requests[0]["body"]
-    assert body["temperature"] == 0.0 and body["messages"][0]["role"] == "system"
-    assert "own answer" in body["messages"][0]["content"] and "{question}" not in json.dumps(body)
-    scores = ah.score_judgements(records, bootstrap=20)["models"]
-    assert scores["good"]["win_rate"] == pytest.approx(100 * (6 + 1) / (6 + 2))  # 2 strong wins, 2 ties
-    assert scores["weak"]["win_rate"] == pytest.approx(100 * 1 / 8)  # 2 ties, 2 strong losses
-    assert scores["good"]["invalid"] == 2 and scores["good"]["counts"]["A=B"] == 2
+    records = ah.judge_answers(client, questions, models, base, config=config)
+    assert server.count() == 12  # 10 games, the 2 games of q-retry asked twice
+    bodies = [r["body"] for r in server.requests]
+    assert all(b["messages"][0] == {"role": "system", "content": SYSTEM_PROMPT} for b in bodies)  # verbatim
+    users = {b["messages"][1]["content"] for b in bodies}
+    assert TEMPLATE.format(question_1="Question q1?", answer_1="base answer", answer_2="GOOD one") in users  # game 1
+    assert TEMPLATE.format(question_1="Question q1?", answer_1="GOOD one", answer_2="base answer") in users  # game 2
+    assert all(b["temperature"] == 0.0 and b["max_tokens"] == 321 for b in bodies)
+    retried = [r["body"]["messages"] for r in server.requests if r["body"]["messages"][-1]["content"] == RETRY]
+    assert len(retried) == 2 and [m["role"] for m in retried[0]] == ["system", "user", "assistant", "user"]
+    assert retried[0][2]["content"] == "My own answer, and then I ran out of words."
+    got = {(r["question_id"], r["game"]): (r["verdict"], r["attempts"]) for r in records}
+    assert got == {("q1", 1): ("B>>A", 1), ("q1", 2): ("A>>B", 1), ("q2", 1): ("A=B", 1), ("q2", 2): ("A=B", 1),
+                   ("q-garbage", 1): (None, 1), ("q-garbage", 2): (None, 1), ("q-two", 1): (None, 1),
+                   ("q-two", 2): (None, 1), ("q-retry", 1): ("B>A", 2), ("q-retry", 2): ("B>A", 2)}
+    retry_record = next(r for r in records if r["question_id"] == "q-retry")
+    assert retry_record["judgement"] == "\nMy own answer, and then I ran out of words.\nFine: [[B>A]]"
+    assert all(r["verdict_rule"] == "official" for r in records)
+    scores = ah.score_judgements(records, bootstrap=20)["models"]["good"]
+    # q1: 2 strong wins (6 rows); q2: 2 ties; q-retry: game 1 B>A = model wins, game 2 B>A = baseline wins
+    assert scores["win_rate"] == pytest.approx(100 * (6 + 1 + 1) / (6 + 2 + 2))
+    assert scores["invalid"] == 4 and scores["verdict_rule"] == "official"
 
-    again = ah.judge_answers(client, questions, models, baseline)
-    assert server.count() == 12  # a rerun costs zero calls
-    assert [{k: r[k] for k in ("model", "question_id", "game", "verdict")} for r in again] == \
-           [{k: r[k] for k in ("model", "question_id", "game", "verdict")} for r in records]
-    assert all(r["cached"] for r in again)
+    again = ah.judge_answers(client, questions, models, base, config=config)
+    assert server.count() == 12 and all(r["cached"] for r in again)  # a rerun costs zero calls
+    once = ah.judge_answers(client, questions, models, base, config=config, attempts=1, verdict_rule="last")
+    assert server.count() == 12  # the first attempts are cached; nobody is asked again
+    assert {r["question_id"]: r["verdict"] for r in once if r["game"] == 1}["q-two"] == "B>A"  # the last label
+    assert all(r["attempts"] == 1 for r in once)
 
 
-def test_judge_answers_with_a_callable_and_missing_answers():
+def test_checkout_errors_are_one_line(tmp_path):
+    with pytest.raises(ah.ConfigError, match="no arena-hard-auto checkout"):
+        ah.load_judge_config(tmp_path / "nowhere")
+    (tmp_path / "v2" / "config").mkdir(parents=True)
+    (tmp_path / "v2" / "config" / "arena-hard-v0.1.yaml").write_text("judge_model: x\n")
+    with pytest.raises(ah.ConfigError, match="v2 layout.*3071ef95d913"):
+        ah.load_judge_config(tmp_path / "v2")
+    root = make_checkout(tmp_path / "ok", ["q1"], {"q1": "b"}, with_retry=False)
+    config = ah.load_judge_config(root)
+    assert config.retry_request == ah.FALLBACK_RETRY_REQUEST and "prefopt" in config.retry_request_source
+    text = (root / "config" / "judge_config.yaml").read_text()
+    (root / "config" / "judge_config.yaml").write_text(text.replace("number_of_judgment_attempts: 2\n", ""))
+    with pytest.raises(ah.ConfigError, match="lacks number_of_judgment_attempts") as info:
+        ah.load_judge_config(root)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ah.ConfigError, match="judge config"):
+        ah.judge_answers(lambda m: "[[A>B]]", [{"question_id": "q1", "turns": [{"content": "?"}]}],
+                         {"m": {"q1": "a"}}, {"q1": "b"})
+
+
+def test_judge_answers_with_a_callable_and_missing_answers(tmp_path):
+    config = ah.load_judge_config(make_checkout(tmp_path / "c", ["q1"], {"q1": "b"}))
     questions = [{"question_id": "q1", "turns": [{"content": "Hi?"}]}]
     seen = []
 
@@ -273,12 +440,12 @@ def test_judge_answers_with_a_callable_and_missing_answers():
         seen.append(messages)
         return "Mine.\n[[B>A]]"
 
-    records = ah.judge_answers(judge, questions, {"m": {"q1": "model text"}}, {"q1": "baseline text"})
+    records = ah.judge_answers(judge, questions, {"m": {"q1": "model text"}}, {"q1": "baseline text"}, config=config)
     assert [r["verdict"] for r in records] == ["B>A", "B>A"]
-    assert "baseline text" in seen[0][1]["content"].split("Assistant B")[0]  # game 1: baseline is A
-    assert "model text" in seen[1][1]["content"].split("Assistant B")[0]  # game 2: model is A
+    assert "baseline text" in seen[0][1]["content"].split("<<SECOND>>")[0]  # game 1: baseline is A
+    assert "model text" in seen[1][1]["content"].split("<<SECOND>>")[0]  # game 2: model is A
     with pytest.raises(KeyError, match="no answer"):
-        ah.judge_answers(judge, questions, {"m": {}}, {"q1": "b"})
+        ah.judge_answers(judge, questions, {"m": {}}, {"q1": "b"}, config=config)
 
 
 # -- the small world -----------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from prefopt.benchmarks import arena_hard as ah  # noqa: E402
 from prefopt.benchmarks import mt_bench as mt  # noqa: E402
 from prefopt.benchmarks import runner  # noqa: E402
 from prefopt.judges import JudgeClient  # noqa: E402
+from test_arena_hard import SYSTEM_PROMPT, make_checkout  # noqa: E402  (tests/ is on sys.path)
 from prefopt.runs import RUN_INFO_KEYS, meta_path  # noqa: E402
 from prefopt.tiny import save_tiny  # noqa: E402
 
@@ -69,13 +70,15 @@ def world(tmp_path_factory):
     (data / "arena_hard").mkdir()
     (data / "arena_hard" / "question.jsonl").write_text(_jsonl(ARENA))
     baselines = root / "baselines"
-    arena_base = ah.write_answers(baselines / "gpt-4-0314.jsonl", "gpt-4-0314",
-                                  {q["question_id"]: "the baseline answer" for q in ARENA})
+    arena_dir = make_checkout(root / "arena-hard-auto", [q["question_id"] for q in ARENA],
+                              {q["question_id"]: "the baseline answer" for q in ARENA})
+    arena_base = ah.checkout_answers_path(arena_dir, "gpt-4-0314")
     alpaca_base = ae.save_outputs(ae.make_outputs([r["instruction"] for r in ALPACA], ["baseline output"] * 4,
                                                   "gpt4_1106_preview"), baselines / "gpt4_1106_preview.json")
     family = root / "tiny.yaml"
     family.write_text(FAMILY_YAML)
     return {"root": root, "model": model, "data": data, "family": str(family), "arena_base": arena_base,
+            "arena_dir": arena_dir,
             "alpaca_base": alpaca_base}
 
 
@@ -89,7 +92,7 @@ def generated(world):
     return paths
 
 
-_ANSWERS = re.compile(r"Assistant A's Answer\|>\n(.*?)\n<\|The End", re.S)
+_ANSWERS = re.compile(r"<<FIRST>>\n(.*?)\n<</FIRST>>", re.S)
 
 
 def _lp(**tokens):
@@ -205,7 +208,8 @@ def test_score_alpaca_eval(world, generated, fake, tmp_path):
     expected = [0.8 if ae.is_switched(r["instruction"]) else 0.2 for r in ALPACA]
     assert metrics["win_rate"] == pytest.approx(100 * sum(expected) / 4)
     assert metrics["n"] == 4 and metrics["lc_win_rate_note"] and metrics["avg_length"] >= 0
-    assert "lc_win_rate" in metrics and metrics["lc_win_rate_ours"] is not None
+    assert "lc_win_rate" in metrics and "lc_win_rate_ours" not in metrics  # no LC fallback at paper scale
+    assert "NaN rows dropped" in metrics["lc_rule"]
     assert result["template_sha256"] == ae.AlpacaAnnotator.load().template_sha256
     assert result["evaluator"]["alpaca_eval"] is not None
     assert (tmp_path / "tiny" / "alpaca_eval.judgements.json").is_file()
@@ -221,14 +225,25 @@ def test_score_alpaca_eval(world, generated, fake, tmp_path):
 def test_score_arena_hard(world, generated, fake, tmp_path):
     out = tmp_path / "tiny" / "arena_hard.json"
     result = runner.score_answers("arena_hard", generated["arena_hard"], model_name="tiny", out_path=out,
-                                  client=_client(fake, tmp_path), baseline=world["arena_base"], workers=2)
+                                  client=_client(fake, tmp_path), arena_hard_dir=world["arena_dir"], workers=2)
     _check_contract(result, "arena_hard", out)
     m = result["metrics"]
     assert m["questions"] == 3 and m["counts"]["A>B"] == 3 and m["counts"]["B>A"] == 3
     assert m["counts"]["invalid"] == 0 and m["win_rate"] > 99.0 and len(m["ci"]) == 2
-    assert result["template_sha256"] == ah.load_template().sha256 and "gpt-4-0314" in result["baseline"]
+    assert (m["verdict_rule"], m["bootstrap_rule"], m["judge_attempts"], m["bootstrap_seed"]) == (
+        "official", "battles", 2, 42)
+    assert m["judge_config"]["max_tokens"] == 321 and m["games_asked_again"] == 0
+    assert SYSTEM_PROMPT not in json.dumps(result)  # the prompt text is read, never written into results
+    assert all(r["body"]["messages"][0]["content"] == SYSTEM_PROMPT for r in fake.requests)
+    config = ah.load_judge_config(world["arena_dir"])
+    assert result["template_sha256"] == config.sha256 and "gpt-4-0314" in result["baseline"]
     assert len((tmp_path / "tiny" / "arena_hard.judgements.jsonl").read_text().splitlines()) == 6
-    with pytest.raises(runner.BenchDataError, match="gpt-4-0314"):
+    ours = runner.score_answers("arena_hard", generated["arena_hard"], model_name="tiny", out_path=out,
+                                client=_client(fake, tmp_path), arena_hard_dir=world["arena_dir"],
+                                verdict_rule="last", bootstrap_rule="questions", judge_attempts=1)
+    assert (ours["metrics"]["verdict_rule"], ours["metrics"]["bootstrap_rule"]) == ("last", "questions")
+    assert ours["metrics"]["judge_attempts"] == 1
+    with pytest.raises(runner.BenchDataError, match="--arena-hard-dir"):
         runner.score_answers("arena_hard", generated["arena_hard"], model_name="tiny", out_path=out,
                              client=_client(fake, tmp_path))
 
@@ -241,7 +256,7 @@ def test_score_mt_bench_and_cache(world, generated, fake, tmp_path):
     _check_contract(result, "mt_bench", out)
     m = result["metrics"]
     assert m["score"] == 7.0 and m["per_turn"] == {"1": 7.0, "2": 7.0} and m["n"] == 3 and m["n_invalid"] == 0
-    assert m["per_category"] == {"writing": 7.0, "math": 7.0, "coding": 7.0}
+    assert m["per_category"] == {"writing": 7.0, "math": 7.0, "coding": 7.0} and m["rating_parse"] == "fschat"
     assert result["generation"]["temperature_by_category_used"]["writing"] == 0.7
     assert len(result["template_sha256"]) == 64 and fake.count() == 6
     runner.score_answers("mt_bench", generated["mt_bench"], model_name="tiny", out_path=out, client=client,

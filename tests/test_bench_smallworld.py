@@ -125,3 +125,21 @@ def test_table_official_lc_missing_cells_and_cli(tmp_path, capsys):
     assert r"m\_1" in capsys.readouterr().out
     target = tmp_path / "t.md"
     assert tables.main([str(tmp_path), "--out", str(target)]) == 0 and "| m_1" in target.read_text()
+
+
+def test_table_names_rules_and_refuses_mixed_rules(tmp_path, capsys):
+    base = {"scale": "paper", "judge": "gpt-4", "baseline": "b", "template_sha256": None, "evaluator": {},
+            "generation": {}, "created": "now"}
+    for model, verdict, bootstrap in (("m_a", "official", "battles"), ("m_b", "last", "questions")):
+        (tmp_path / model).mkdir()
+        (tmp_path / model / "arena_hard.json").write_text(json.dumps(dict(
+            base, benchmark="arena_hard", model=model,
+            metrics={"win_rate": 40.0, "ci": [38.0, 42.5], "verdict_rule": verdict, "bootstrap_rule": bootstrap})))
+    results = tables.load_results(tmp_path)
+    with pytest.raises(tables.ConfigError, match="arena_hard rows were scored with different rules.*m_b"):
+        tables.build_table(results)
+    assert tables.main([str(tmp_path)]) == 2 and "--allow-mixed-rules" in capsys.readouterr().err
+    mixed = tables.build_table(results, allow_mixed_rules=True)
+    assert "verdict official, bootstrap battles (m_a)" in mixed and "verdict last, bootstrap questions (m_b)" in mixed
+    one = tables.build_table([r for r in results if r["model"] == "m_a"])
+    assert "40.0 (-2.0, +2.5)" in one and "verdict official, bootstrap battles" in one and "(m_a)" not in one

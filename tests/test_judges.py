@@ -360,7 +360,7 @@ def test_templates_are_package_data_found_by_name_from_any_directory(tmp_path, m
     assert Path(str(TEMPLATE_DIR)) == package_dir / "resources" / "templates"
     assert pairwise.TEMPLATE_DIR == TEMPLATE_DIR
     monkeypatch.chdir(tmp_path)  # not the repository: a name still resolves to the packaged file
-    for name in (HH, TLDR, "arena_hard"):
+    for name in (HH, TLDR):  # the Arena-Hard prompt is read from the user's arena-hard-auto checkout, not shipped
         assert (TEMPLATE_DIR / f"{name}.txt").is_file()
     assert JudgeTemplate.load(HH).path == TEMPLATE_DIR / f"{HH}.txt"
     # A relative path is a path from the working directory, and wins over a packaged name.

@@ -99,3 +99,111 @@ def test_bad_shapes_and_temperature():
         token_logps(logits, torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="temperature"):
         token_logps(logits, torch.zeros(2, 5, dtype=torch.long), temperature=0.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# From hidden states: the LM head inside the chunk loop (prefopt.logps.sequence_logps_from_hidden)
+# ----------------------------------------------------------------------------------------------------------------------
+
+from prefopt.logps import sequence_logps_from_hidden  # noqa: E402
+
+
+def _reference_from_hidden(hidden, weight, bias, input_ids, completion_mask, temperature, softcap):
+    """float64, written out: full logits h·Wᵀ + b (soft-capped), log_softmax, gather the next token, sum the
+    completion positions."""
+    z = hidden.double() @ weight.double().t()
+    if bias is not None:
+        z = z + bias.double()
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    logp = torch.log_softmax(z / temperature, dim=-1)[:, :-1].gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    mask = completion_mask[:, 1:].double()
+    return (logp * mask).sum(-1), mask.sum(-1)
+
+
+def _hidden_case(seed, n=3, length=13, hidden=8, vocab=23, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, length, hidden, generator=generator, dtype=dtype)
+    w = torch.randn(vocab, hidden, generator=generator, dtype=dtype) * 0.7
+    b = torch.randn(vocab, generator=generator, dtype=dtype)
+    ids = torch.randint(0, vocab, (n, length), generator=generator)
+    mask = torch.zeros(n, length, dtype=torch.long)
+    for row in range(n):
+        start = int(torch.randint(1, length // 2, (1,), generator=generator))
+        stop = int(torch.randint(start + 1, length + 1, (1,), generator=generator))
+        mask[row, start:stop] = 1
+    return h, w, b, ids, mask
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+@pytest.mark.parametrize("temperature", [1.0, 0.8])
+@pytest.mark.parametrize("chunk_size", [1, 2, 128])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_hidden_path_values_and_gradients_match_float64_full_logits(softcap, temperature, chunk_size, with_bias):
+    seed = int(chunk_size * 7 + temperature * 10 + (softcap or 0) + with_bias)
+    h, w, b, ids, mask = _hidden_case(seed)
+    b = b if with_bias else None
+    leaves = [t.clone().requires_grad_(True) for t in (h, w) + ((b,) if with_bias else ())]
+    summed, count = sequence_logps_from_hidden(leaves[0], leaves[1], ids, mask, bias=leaves[2] if with_bias else None,
+                                               temperature=temperature, softcap=softcap, chunk_size=chunk_size)
+    assert summed.dtype == torch.float32
+    weights = torch.randn(summed.shape[0], generator=torch.Generator().manual_seed(seed))  # a non-uniform upstream grad
+    (summed * weights).sum().backward()
+
+    ref_leaves = [t.detach().double().requires_grad_(True) for t in leaves]
+    expected, expected_count = _reference_from_hidden(ref_leaves[0], ref_leaves[1], ref_leaves[2] if with_bias else None,
+                                                      ids, mask, temperature, softcap)
+    (expected * weights.double()).sum().backward()
+    np.testing.assert_array_equal(count.numpy(), expected_count.numpy())
+    np.testing.assert_allclose(summed.detach().numpy(), expected.detach().numpy(), rtol=1e-5, atol=1e-5)
+    for ours, ref in zip(leaves, ref_leaves):
+        np.testing.assert_allclose(ours.grad.numpy(), ref.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_hidden_path_gradcheck_float64_with_softcap_and_tied_weight():
+    h, w, b, ids, mask = _hidden_case(11, n=2, length=6, hidden=4, vocab=7, dtype=torch.float64)
+    h.requires_grad_(True), w.requires_grad_(True), b.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda h_, w_, b_: sequence_logps_from_hidden(h_, w_, ids, mask, bias=b_, temperature=0.8, softcap=2.0,
+                                                      chunk_size=1)[0], (h, w, b))
+    # tied embeddings: the same weight also embeds the inputs; both gradients accumulate into it
+    embed = torch.nn.functional.embedding
+
+    def tied(w_):
+        return sequence_logps_from_hidden(torch.tanh(embed(ids, w_)), w_, ids, mask, chunk_size=2)[0]
+
+    assert torch.autograd.gradcheck(tied, (w,))
+
+
+def test_hidden_path_equals_the_logits_path_in_float32():
+    h, w, b, ids, mask = _hidden_case(5, n=4, length=17, hidden=16, vocab=64)
+    a = [t.clone().requires_grad_(True) for t in (h, w)]
+    c = [t.clone().requires_grad_(True) for t in (h, w)]
+    ours = sequence_logps_from_hidden(a[0], a[1], ids, mask, temperature=0.8, chunk_size=3)[0]
+    old = sequence_logps(c[0] @ c[1].t(), ids, mask, temperature=0.8, chunk_size=3)[0]
+    ours.sum().backward(), old.sum().backward()
+    torch.testing.assert_close(ours, old, rtol=1e-5, atol=1e-5)
+    for x, y in zip(a, c):
+        torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_hidden_path_under_bf16_autocast_is_close_to_float64():
+    h, w, b, ids, mask = _hidden_case(6, n=2, length=12, hidden=16, vocab=40)
+    w = w.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        summed, _ = sequence_logps_from_hidden(h, w, ids, mask, chunk_size=4)
+    assert summed.dtype == torch.float32
+    summed.sum().backward()
+    assert w.grad.dtype == torch.float32
+    # the same bf16-rounded operands in exact arithmetic
+    expected, _ = _reference_from_hidden(h.bfloat16(), w.detach().bfloat16(), None, ids, mask, 1.0, None)
+    np.testing.assert_allclose(summed.detach().numpy(), expected.numpy(), rtol=2e-3, atol=2e-2)
+
+
+def test_hidden_path_rejects_empty_rows_and_bad_shapes():
+    h, w, b, ids, mask = _hidden_case(7)
+    mask[2] = 0
+    with pytest.raises(ValueError, match=r"rows \[2\]"):
+        sequence_logps_from_hidden(h, w, ids, mask)
+    with pytest.raises(ValueError, match="weight"):
+        sequence_logps_from_hidden(h, w[:, :3], ids, mask)

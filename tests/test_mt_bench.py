@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 import zipfile
 
@@ -11,6 +12,7 @@ import pytest
 
 from prefopt.benchmarks import eval_data
 from prefopt.benchmarks.eval_data import ChecksumError, EvalDataError, Member, Source, fetch_source, sha256_bytes
+from prefopt.errors import ConfigError
 from prefopt.benchmarks.mt_bench import (
     JudgePrompt,
     Question,
@@ -82,20 +84,48 @@ def mt_dir(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("[[8]]", 8.0), ("[[8.5]]", 8.5), ("Rating: [[10]]", 10.0), ("Rating: [[1]]", 1.0),
-    ("first [[3]] then on reflection Rating: [[6]]", 6.0), ("Rating: [[ 7 ]]", 7.0),
-])
-def test_parse_rating_accepts(text, expected):
-    assert parse_rating(text) == expected
+def fschat_reference(text):
+    """fschat's rating rule, restated: the first [[digits(.digits)]] else the first [digits(.digits)], read as a Python
+    literal (an integer with a leading zero does not parse: fschat raises; we count it invalid), no range check."""
+    import ast
+
+    for pattern in (r"\[\[(\d+\.?\d*)\]\]", r"\[(\d+\.?\d*)\]"):
+        m = re.search(pattern, text)
+        if m:
+            try:
+                return float(ast.literal_eval(m.group(1)))
+            except (SyntaxError, ValueError):
+                return None
+    return None
 
 
-@pytest.mark.parametrize("text", [
-    "", "garbage", "[[11]]", "[[0]]", "[8]", "8/10", "Rating: 8", "[[-3]]", "[[eight]]", "[[10.5]]", "[[7]] and [[12]]",
-    None,
-])
-def test_parse_rating_rejects(text):
-    assert parse_rating(text) is None
+RATINGS = {  # judge answer: (fschat, our strict)
+    "[[8]]": (8.0, 8.0), "[[8.5]]": (8.5, 8.5), "Rating: [[10]]": (10.0, 10.0), "Rating: [[1]]": (1.0, 1.0),
+    "first [[3]] then on reflection Rating: [[6]]": (3.0, 6.0),  # first vs last
+    "Rating: [[ 7 ]]": (None, 7.0), "[[07]]": (None, 7.0), "[[7.]]": (7.0, None), "[7]": (7.0, None),
+    "[[0]]": (0.0, None), "[[11]]": (11.0, None), "[8] and later [[9]]": (9.0, 9.0),
+    "": (None, None), "garbage": (None, None), "8/10": (None, None), "Rating: 8": (None, None),
+    "[[-3]]": (None, None), "[[eight]]": (None, None), "[[10.5]]": (10.5, None), "[[7]] and [[12]]": (7.0, None),
+    "[[00]]": (0.0, None), "[[07.5]]": (7.5, 7.5),
+}
+
+
+@pytest.mark.parametrize("text", sorted(RATINGS))
+def test_rating_parses_on_a_catalogue(text):
+    fschat, strict = RATINGS[text]
+    assert fschat_reference(text) == fschat
+    assert parse_rating(text) == fschat  # fschat's rule is the default
+    assert parse_rating(text, "fschat") == fschat
+    assert parse_rating(text, "strict") == strict
+
+
+def test_rating_parse_none_and_unknown_rule():
+    assert parse_rating(None) is None and parse_rating(None, "strict") is None
+    with pytest.raises(ConfigError, match="rating parse"):
+        parse_rating("[[7]]", "last")
+    with pytest.raises(ConfigError, match="mix parses"):
+        score_ratings([{"category": "math", "turn": 1, "rating": 7.0, "rating_parse": "fschat"},
+                       {"category": "math", "turn": 1, "rating": 7.0, "rating_parse": "strict"}])
 
 
 def _rec(cat, turn, rating):

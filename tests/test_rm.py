@@ -77,7 +77,8 @@ def _config(world, run_dir, **train):
     tree = {
         "model": {"name_or_path": str(world / "sft")},
         "data": {"train": str(world / "train.jsonl"), "eval": str(world / "heldout.jsonl"),
-                 "max_length": MAX_LENGTH, "max_prompt_length": MAX_PROMPT_LENGTH},
+                 "max_length": MAX_LENGTH, "max_prompt_length": MAX_PROMPT_LENGTH,
+                 "apply_chat_template": "never"},  # HH text prompts (SPEC §6.1), as the Table 1 RM configs say
         "train": settings,
     }
     return load_rm_config(None, [], base=tree)

@@ -139,6 +139,30 @@ def test_table1_dry_run(script, tmp_path):
     assert {c[c.index("--n-prompts") + 1] for c in judges} == {"100"}
     assert sorted(c[c.index("--baseline-kind") + 1] for c in judges) == ["chosen"] * 3 + ["samples"] * 3
     assert [stage(c) for c in cmds].count("mean-reward") == 4
+    # no export step: every stage reads the Hub by name (SPEC §6.1 step 1), text prompts never through a template
+    hub, source, test_split = {"hh": ("Anthropic/hh-rlhf", ["--data-dir", "helpful-base", "--format", "hh"], "test"),
+                               "tldr": ("openai/summarize_from_feedback",
+                                        ["--data-config", "comparisons", "--format", "tldr"], "validation")}[dataset]
+    for c in samples:
+        assert c[c.index("sample") + 2] == hub and c[c.index("--chat-template") + 1] == "never"
+        assert all(c[c.index(flag) + 1] == value for flag, value in zip(source[::2], source[1::2]))
+        assert c[c.index("--split") + 1] == ("train" if c in train_samples else test_split)
+    for c in judges:
+        if c[c.index("--baseline-kind") + 1] == "chosen":
+            assert c[c.index("judge") + 2] == hub and c[c.index("--baseline-split") + 1] == test_split
+            assert c[c.index("--baseline-format") + 1] == dataset
+    # the last stage: the table, Markdown and LaTeX, of the folder every Table 1 run writes into
+    tables = [c for c in cmds if stage(c) == "table1"]
+    assert cmds[-2:] == tables and [c[c.index("table1") + 1] for c in tables] == [f"{tmp_path}/table1"] * 2
+    assert [c[c.index("--out") + 1] for c in tables] == [f"{tmp_path}/table1/table1.md", f"{tmp_path}/table1/table1.tex"]
+
+
+def test_table1_local_files_replace_the_hub(tmp_path):
+    prompts, pairs = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    cmds = dry_run("hh_rw", tmp_path, TRAIN_PROMPTS=str(prompts), TEST_PAIRS=str(pairs))
+    for c in (c for c in cmds if stage(c) == "sample"):
+        assert c[c.index("sample") + 2] in (str(prompts), str(pairs))
+        assert "--split" not in c and "--format" not in c and "--data-dir" not in c
 
 
 @pytest.mark.parametrize("script", sorted(BENCH))
@@ -146,7 +170,13 @@ def test_bench_dry_run(script, tmp_path):
     table, folder, family, methods = BENCH[script]
     cmds = dry_run(script, tmp_path)
     assert configs(cmds, "train") == [f"training_configs/{table}/{folder}/{m}.yaml" for m in methods]
-    assert {stage(c) for c in cmds} == {"train", "bench-generate", "bench-score", "bench-table"}
+    built = {"onpolicy"} if script == "gamma_qwen2" else set()  # Qwen2.5's data are built first (SPEC §6.3)
+    assert {stage(c) for c in cmds} == {"train", "bench-generate", "bench-score", "bench-table", *built}
+    if built:
+        onpolicy = [c for c in cmds if stage(c) == "onpolicy"]
+        data = f"{tmp_path}/table3/qwen2_onpolicy.jsonl"
+        assert cmds[0] == onpolicy[0] and onpolicy[0][-2:] == ["Qwen/Qwen2.5-7B-Instruct", data]
+        assert all(c[c.index("--data.train") + 1] == data for c in cmds if stage(c) == "train")
     gens = [c for c in cmds if stage(c) == "bench-generate"]
     assert len(gens) == 3 * len(methods)
     assert {c[c.index("--family") + 1] for c in gens} == {family}
@@ -220,6 +250,7 @@ def test_real_mode_runs_commands_with_a_fake_prefopt(tmp_path):
     fake = tmp_path / "fake_prefopt.sh"
     fake.write_text(
         '#!/usr/bin/env bash\nset -eu\necho "$*" >> "$FAKE_LOG"\n'
+        'if [[ "$1" == onpolicy ]]; then mkdir -p "$(dirname "$3")"; echo "{}" > "$3"; fi\n'
         'prev=""; for a in "$@"; do if [[ "$prev" == --output_dir ]]; then mkdir -p "$a"; echo "{}" > "$a/metrics.json"; fi;'
         ' if [[ "$prev" == --out && "$1" == bench-generate ]]; then mkdir -p "$a"; : > "$a/$3_answers.jsonl"; fi;'
         ' prev=$a; done\n')
@@ -231,8 +262,9 @@ def test_real_mode_runs_commands_with_a_fake_prefopt(tmp_path):
                               timeout=30)
         assert proc.returncode == 0, proc.stderr
     calls = log.read_text().splitlines()
-    assert [c.split()[0] for c in calls] == ["train", "bench-generate", "bench-score", "bench-table", "bench-score",
-                                             "bench-table"]  # the fake writes no score JSON, so scoring reruns
+    # the fake writes no score JSON, so scoring reruns; the on-policy data, once built, are not built again
+    assert [c.split()[0] for c in calls] == ["onpolicy", "train", "bench-generate", "bench-score", "bench-table",
+                                             "bench-score", "bench-table"]
 
 
 def test_a_changed_output_or_input_redoes_its_stage(tmp_path):
@@ -243,6 +275,7 @@ def test_a_changed_output_or_input_redoes_its_stage(tmp_path):
     fake = tmp_path / "fake_prefopt.sh"
     fake.write_text(
         '#!/usr/bin/env bash\nset -eu\necho "$*" >> "$FAKE_LOG"\n'
+        'if [[ "$1" == onpolicy ]]; then mkdir -p "$(dirname "$3")"; echo "{\\"r\\": $RANDOM$RANDOM}" > "$3"; fi\n'
         'prev=""; for a in "$@"; do if [[ "$prev" == --output_dir ]]; then mkdir -p "$a/final"; echo "{}" > "$a/metrics.json";'
         ' echo "weights $RANDOM$RANDOM" > "$a/final/model.safetensors"; fi;'
         ' if [[ "$prev" == --out && "$1" == bench-generate ]]; then mkdir -p "$a"; printf "1\\n$RANDOM$RANDOM\\n" > "$a/$3_answers.jsonl"; fi;'
@@ -260,7 +293,7 @@ def test_a_changed_output_or_input_redoes_its_stage(tmp_path):
         assert proc.returncode == 0, proc.stderr
         return [c.split()[0] for c in log.read_text().splitlines()[start:]], proc.stderr
 
-    assert run_script()[0] == ["train", "bench-generate", "bench-score", "bench-table"]
+    assert run_script()[0] == ["onpolicy", "train", "bench-generate", "bench-score", "bench-table"]
     assert run_script()[0] == ["bench-table"]  # every marker is fresh
     answers = results / "table3" / "bench" / "qwen2" / "dpo" / "mt_bench_answers.jsonl"
     answers.write_text("1\n")  # cut the answers file: its stage is redone, and the scoring of the new answers
@@ -272,6 +305,10 @@ def test_a_changed_output_or_input_redoes_its_stage(tmp_path):
     calls, stderr = run_script()
     assert calls == ["train", "bench-generate", "bench-score", "bench-table"], stderr
     assert "model.safetensors changed size" in stderr
+    data = results / "table3" / "qwen2_onpolicy.jsonl"
+    data.write_text('{"changed": 1}\n')  # rebuilt on-policy data (a changed input of training): trained again
+    calls, stderr = run_script()
+    assert calls[:2] == ["onpolicy", "train"], stderr
 
 
 def test_config_files_exist():

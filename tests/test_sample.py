@@ -241,7 +241,10 @@ def test_sample_to_jsonl_dedupes_prompts_and_writes_rows_and_meta(model_dir, tok
     assert all(len(row["completions"]) == 3 for row in written)
     # The stage's samples are generate()'s for the same prompts and settings (the model given by path: loaded on the
     # same device as the stage's, since a CPU and a GPU draw different random numbers).
-    assert [row["completions"] for row in written] == generate(str(model_dir), tok, [TEXT, hh, LONG], **SETTINGS)
+    # String prompts go through the chat template by default (--chat-template auto: the tokenizer has one).
+    assert [row["completions"] for row in written] == generate(str(model_dir), tok, [TEXT, hh, LONG], **SETTINGS,
+                                                               chat_template="auto")
+    assert meta["chat_template"] == "auto"
     assert json.loads(meta_path(out).read_text()) == meta
     assert meta_path(out).name == "sft.jsonl.meta.json"
     expected = dict(SETTINGS, model=str(model_dir), prompts=str(prompts), n_rows=5, n_unique_prompts=3, n_prompts=3,
@@ -270,8 +273,9 @@ def test_sample_to_jsonl_missing_or_unreadable_prompts_are_data_errors(model_dir
     out = str(tmp_path / "out.jsonl")
     cases = {
         str(tmp_path / "missing.jsonl"): "no such prompts file",
-        str(tmp_path): "no such prompts file",  # a folder
     }
+    (tmp_path / "empty_dataset").mkdir()  # a folder is read as a local dataset repository; this one has no data
+    cases[str(tmp_path / "empty_dataset")] = "could not load it"
     (tmp_path / "broken.json").write_text('[{"prompt": "a",')
     cases[str(tmp_path / "broken.json")] = "not valid JSON"
     (tmp_path / "latin1.jsonl").write_bytes('{"prompt": "caf\u00e9"}\n'.encode("latin-1"))

@@ -311,3 +311,65 @@ def test_prefopt_tiny_writes_configs_that_train(tmp_path, capsys):
     run = tmp_path / "ex" / "runs" / "fpo_alpha_rw"
     assert [row["step"] for row in _jsonl(run / "metrics.jsonl") if "loss" in row] == [1, 2]
     assert json.loads((run / "metrics.json").read_text())["global_step"] == 2
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Forward paths (train.logps_from_hidden, train.padding_free), length grouping, DDP find_unused_parameters
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_hidden_state_and_packed_paths_train_to_the_weights_of_the_logits_path(world, tmp_path, caplog):
+    """Plain SGD, three steps, a live reference: the three forward paths move the weights identically (float32)."""
+    common = dict(max_steps=3, learning_rate=0.5, optim="sgd", max_grad_norm=1e9, logit_temperature=0.8)
+    with caplog.at_level("INFO", logger="prefopt.forward"):
+        run_training(_config(world, tmp_path / "logits", "dpo", logps_from_hidden=False, padding_free="false", **common))
+        run_training(_config(world, tmp_path / "hidden", "dpo", **common))
+        run_training(_config(world, tmp_path / "packed", "dpo", padding_free="true", **common))
+    lines = [r.getMessage() for r in caplog.records if r.name == "prefopt.forward"]
+    assert any("policy forward: log-probs from the model's logits (train.logps_from_hidden false)" in l for l in lines)
+    assert any("policy forward: log-probs from hidden states" in l and "padded rows" in l for l in lines)
+    assert any("reference forward: log-probs from hidden states" in l and "padding-free" in l for l in lines)
+    initial, old = load_file(str(world / "model" / "model.safetensors")), _weights(tmp_path / "logits")
+    assert max((old[n] - initial[n]).abs().max().item() for n in old) > 1e-3
+    for run in ("hidden", "packed"):
+        new = _weights(tmp_path / run)
+        for name in old:
+            torch.testing.assert_close(new[name], old[name], rtol=1e-5, atol=1e-5, msg=f"{run} {name}")
+
+
+@pytest.mark.parametrize("value,message", [("sometimes", "train.padding_free must be auto, true or false"),
+                                           ("maybe", "train.logps_from_hidden must be true or false")])
+def test_forward_path_fields_reject_bad_values_in_one_line(world, tmp_path, value, message):
+    from prefopt.config import ConfigError
+
+    key = "padding_free" if "padding" in message else "logps_from_hidden"
+    with pytest.raises(ConfigError, match=message) as error:
+        _config(world, tmp_path / "bad", "dpo", **{key: value})
+    assert "\n" not in str(error.value)
+    assert _config(world, tmp_path / "ok", "dpo", padding_free=True).train.padding_free == "true"
+
+
+def test_length_grouped_batches_and_find_unused_parameters(world, tmp_path, tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from prefopt.trainer import PreferenceTrainer, unused_parameter_risk
+
+    config = _config(world, tmp_path / "grouped", "simpo", max_steps=2, train_sampling_strategy="group_by_length")
+    assert config.train.ddp_find_unused_parameters is None
+    seen = []
+    original = PreferenceTrainer.compute_loss
+
+    def spy(self, model, inputs, *args, **kwargs):
+        seen.append(self.args.ddp_find_unused_parameters)
+        return original(self, model, inputs, *args, **kwargs)
+
+    PreferenceTrainer.compute_loss = spy
+    try:
+        run_training(config)
+    finally:
+        PreferenceTrainer.compute_loss = original
+    assert seen and set(seen) == {False}  # a dense model: every parameter gets a gradient every step
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert unused_parameter_risk(model) is None
+    model.config.num_local_experts = 8  # what a Mixtral config says
+    assert "mixture-of-experts" in unused_parameter_risk(model)

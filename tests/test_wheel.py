@@ -26,7 +26,7 @@ import pytest
 
 
 REPO = Path(__file__).resolve().parents[1]
-TEMPLATES = ("README.md", "arena_hard.txt", "hh_helpfulness.txt", "tldr_summary.txt")
+TEMPLATES = ("README.md", "hh_helpfulness.txt", "tldr_summary.txt")
 FAMILIES = ("gemma2", "llama3", "mistral", "qwen2")
 
 SCRIPT = r"""

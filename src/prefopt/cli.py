@@ -171,13 +171,53 @@ def _rm(args: argparse.Namespace) -> int:
     return 0
 
 
+#: What every stage that reads data says about its source (SPEC §6.1-§6.3: Hub names or local files alike).
+DATA_SOURCE_HELP = ("a local .json/.jsonl/.parquet file, or a Hugging Face dataset by name read with "
+                    "datasets.load_dataset (--split, --data-config, --data-dir)")
+CHAT_TEMPLATE_HELP = ("string prompts: auto (default) = as one user turn through the model's chat template when its "
+                      "tokenizer has one, always = through it (an error without one), never = as text, e.g. HH / "
+                      "TL;DR prompts that already end in the assistant cue; chat-message prompts always use the "
+                      "template")
+
+
+def _add_data_source(parser: argparse.ArgumentParser, split: str = "train", prefix: str = "",
+                     format_help: bool = True) -> None:
+    """``--split``, ``--data-config``, ``--data-dir`` (and ``--format``) of a data source: the same flags in every
+    stage that reads data."""
+    dash = f"--{prefix}-" if prefix else "--"
+    parser.add_argument(f"{dash}split", default=split, help=f"split of a Hub dataset (default {split})")
+    parser.add_argument(f"{dash}data-config", default=None,
+                        help="configuration of a Hub dataset (e.g. comparisons for openai/summarize_from_feedback)")
+    parser.add_argument(f"{dash}data-dir", default=None,
+                        help="data_dir of a Hub dataset (e.g. helpful-base for Anthropic/hh-rlhf)")
+    if format_help:
+        parser.add_argument(f"{dash}format", default="auto", help="row format (auto: detected; hh, tldr, pairs, ...)")
+
+
 def _sample(args: argparse.Namespace) -> int:
     from prefopt.sample import sample_to_jsonl
 
     meta = sample_to_jsonl(args.model, args.prompts, args.out, k=args.k, temperature=args.temperature, top_k=args.top_k,
                            top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                           batch_size=args.batch_size, limit=args.limit, backend=args.backend, command=args.argv)
+                           batch_size=args.batch_size, limit=args.limit, backend=args.backend, command=args.argv,
+                           split=args.split, name=args.data_config, data_dir=args.data_dir, format=args.format,
+                           chat_template=args.chat_template)
     print(f"wrote {args.out}: {meta['n_prompts']} unique prompts × {args.k} completions ({meta['wall_seconds']:.1f} s)")
+    return 0
+
+
+def _onpolicy(args: argparse.Namespace) -> int:
+    from prefopt.onpolicy import build_onpolicy
+
+    meta = build_onpolicy(
+        args.model, args.out, prompts=args.prompts, split=args.split, name=args.data_config, data_dir=args.data_dir,
+        format=args.format, reward_model=args.rm, trust_remote_code=not args.no_trust_remote_code, n=args.n,
+        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
+        batch_size=args.batch_size, rm_batch_size=args.rm_batch_size, chunk_size=args.chunk_size, limit=args.limit,
+        backend=args.backend, overwrite=args.overwrite, command=args.argv)
+    print(f"wrote {args.out}: {meta['n_rows']} preference rows from {meta['n_prompts']} prompts × {args.n} responses "
+          f"({meta['n_dropped_identical']} dropped: identical responses, {meta['n_dropped_tied']}: tied scores; "
+          f"{meta['wall_seconds']:.0f} s)")
     return 0
 
 
@@ -185,7 +225,8 @@ def _label(args: argparse.Namespace) -> int:
     from prefopt.rm import label_completions
 
     meta = label_completions(args.rm, args.samples, args.out, batch_size=args.batch_size, command=args.argv,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, split=args.split, name=args.data_config,
+                             data_dir=args.data_dir, chat_template=args.chat_template)
     print(f"wrote {args.out}: {meta['n_completions']} completions scored by {args.rm} (mean {meta['reward_mean']:.3f})")
     return 0
 
@@ -222,7 +263,9 @@ def _judge(args: argparse.Namespace) -> int:
     judge = PairwiseLLMJudge(client, args.template)
     summary = judge_against_baseline(judge, args.policy, args.baseline, args.out, baseline_kind=args.baseline_kind,
                                      n_prompts=args.n_prompts, seed=args.seed, workers=args.workers,
-                                     command=args.argv)
+                                     command=args.argv, baseline_source={
+                                         "split": args.baseline_split, "name": args.baseline_data_config,
+                                         "data_dir": args.baseline_data_dir, "format": args.baseline_format})
     print(f"win rate {100 * summary['win_rate']:.1f}% (95% CI {100 * summary['ci'][0]:.1f}–{100 * summary['ci'][1]:.1f}; "
           f"official, ties and invalid as losses: {100 * summary['official_win_rate']:.1f}%) over "
           f"{summary['pairs']} prompts × 2 orders: {summary['wins']} wins, {summary['ties']} ties, "
@@ -250,7 +293,22 @@ def _bench_table(args: argparse.Namespace) -> int:
     from prefopt.benchmarks.tables import main as tables_main
 
     return tables_main([args.results, *(["--latex"] if args.latex else []), *(["--out", args.out] if args.out else []),
-                        *(["--reference", args.reference] if args.reference else [])])
+                        *(["--reference", args.reference] if args.reference else []),
+                        *(["--allow-mixed-rules"] if args.allow_mixed_rules else [])])
+
+
+def _table1(args: argparse.Namespace) -> int:
+    from prefopt.io import write_atomic
+    from prefopt.table1 import build_table1, load_table1
+
+    table = build_table1(load_table1(args.results, checkpoint=args.checkpoint),
+                         fmt="latex" if args.latex else "markdown")
+    if args.out:
+        write_atomic(Path(args.out), table)
+    print(table, end="")
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
 
 
 def _preflight(args: argparse.Namespace) -> int:
@@ -277,6 +335,11 @@ def _preflight(args: argparse.Namespace) -> int:
     if "judge" in needs and not os.environ.get("PREFOPT_JUDGE_MODEL"):
         missing.append("a judge endpoint (set PREFOPT_JUDGE_MODEL, PREFOPT_JUDGE_API_KEY or OPENAI_API_KEY, and "
                        "PREFOPT_JUDGE_BASE_URL for a non-OpenAI server)")
+    benchmarks = os.environ.get("BENCHMARKS", "alpaca_eval arena_hard mt_bench").split()
+    arena_dir = os.environ.get("ARENA_HARD_DIR")
+    if args.what in ("table2", "table3") and "arena_hard" in benchmarks and not (arena_dir and Path(arena_dir).is_dir()):
+        missing.append("ARENA_HARD_DIR, your checkout of arena-hard-auto at its last v0.1 commit (its questions, "
+                       "baseline answers and judge configuration are read from it), or BENCHMARKS without arena_hard")
     if missing:
         print(f"prefopt: {args.what} at paper scale needs " + "; ".join(missing) + ". Nothing was run. On a CPU, "
               f"run the same pipeline in the small world: make {args.what} SCALE=small", file=sys.stderr)
@@ -375,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(func=_inspect_data)
     sample = commands.add_parser("sample", help="K completions per unique prompt → {prompt, completions} JSONL")
     sample.add_argument("model", help="model folder or Hub name")
-    sample.add_argument("prompts", help="JSON/JSONL file of rows with a prompt (any of prefopt's data formats)")
+    sample.add_argument("prompts", help="rows with a prompt, in any of prefopt's data formats: " + DATA_SOURCE_HELP)
     sample.add_argument("out", help="output JSONL")
     sample.add_argument("--k", type=int, default=4)
     sample.add_argument("--temperature", type=float, default=0.8)
@@ -386,12 +449,48 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--batch-size", type=int, default=16)
     sample.add_argument("--limit", type=int, default=None, help="first N unique prompts")
     sample.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"])
+    sample.add_argument("--chat-template", default="auto", choices=["auto", "always", "never"], help=CHAT_TEMPLATE_HELP)
+    _add_data_source(sample)
     sample.set_defaults(func=_sample)
+    from prefopt.onpolicy import DEFAULTS as ONPOLICY
+
+    onpolicy = commands.add_parser(
+        "onpolicy", help="SimPO's on-policy preference data: N samples per prompt, scored by a reward model, best vs worst",
+        description="Sample N responses per unique prompt from MODEL (each prompt as one user turn through its chat "
+        "template; vLLM when installed, else transformers), score each with a sequence-classification reward model "
+        "through the reward model's own chat template, keep the highest-scoring as chosen and the lowest as rejected, "
+        "and write princeton-nlp/*-ultrafeedback-armorm rows (prompt_id, prompt, all_generated_responses, "
+        "all_rm_scores, chosen, rejected). Prompts with N identical responses, or with all scores equal, are dropped "
+        "and counted. Resumable: a killed run started again keeps its finished chunks (OUT.partial.jsonl).")
+    onpolicy.add_argument("model", help="the instruct model (folder or Hub name)")
+    onpolicy.add_argument("out", help="output JSONL")
+    onpolicy.add_argument("--prompts", default=ONPOLICY["prompts"], help="prompt rows: " + DATA_SOURCE_HELP +
+                          f" (default {ONPOLICY['prompts']})")
+    _add_data_source(onpolicy, split=ONPOLICY["split"])
+    onpolicy.add_argument("--rm", default=ONPOLICY["reward_model"], help=f"reward model (default {ONPOLICY['reward_model']})")
+    onpolicy.add_argument("--no-trust-remote-code", action="store_true",
+                          help="do not run the reward model's own code (ArmoRM needs it)")
+    onpolicy.add_argument("--n", type=int, default=ONPOLICY["n"], help="responses per prompt (SimPO: 5)")
+    onpolicy.add_argument("--temperature", type=float, default=ONPOLICY["temperature"])
+    onpolicy.add_argument("--top-p", type=float, default=ONPOLICY["top_p"])
+    onpolicy.add_argument("--max-new-tokens", type=int, default=ONPOLICY["max_new_tokens"])
+    onpolicy.add_argument("--seed", type=int, default=0)
+    onpolicy.add_argument("--batch-size", type=int, default=16, help="sequences per generation forward (hf backend)")
+    onpolicy.add_argument("--rm-batch-size", type=int, default=1,
+                          help="sequences per reward-model forward (1, unpadded, as the official script)")
+    onpolicy.add_argument("--chunk-size", type=int, default=256, help="prompts per resumable chunk")
+    onpolicy.add_argument("--limit", type=int, default=None, help="the first N of the sorted unique prompts")
+    onpolicy.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"])
+    onpolicy.add_argument("--overwrite", action="store_true", help="replace OUT and any partial run of it")
+    onpolicy.set_defaults(func=_onpolicy)
     label = commands.add_parser("label", help="score sampled completions with a reward model → {…, rewards}")
     label.add_argument("rm")
-    label.add_argument("samples")
+    label.add_argument("samples", help="{prompt, completions} rows (prefopt sample's output): " + DATA_SOURCE_HELP)
     label.add_argument("out")
     label.add_argument("--batch-size", type=int, default=32)
+    label.add_argument("--chat-template", default=None, choices=["auto", "always", "never"],
+                       help=CHAT_TEMPLATE_HELP + "; default: the rule the reward model was trained with")
+    _add_data_source(label, format_help=False)
     label.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never SAMPLES itself)")
     label.set_defaults(func=_label)
     to_rw = commands.add_parser("pref-to-rw", help="pairs → K = 2 rw rows with rewards [1, 0] (the pref setting)")
@@ -410,10 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
         "OPENAI_API_KEY); answers are cached on disk (PREFOPT_JUDGE_CACHE), so a rerun pays for nothing twice.",
     )
     judge.add_argument("policy", help="the policy's {prompt, completions} samples")
-    judge.add_argument("baseline", help="SFT samples ({prompt, completions}) or a pairs file (--baseline-kind chosen)")
+    judge.add_argument("baseline", help="SFT samples ({prompt, completions}) or, with --baseline-kind chosen, pairs "
+                       "data: " + DATA_SOURCE_HELP.replace("--", "--baseline-"))
     judge.add_argument("out", help="output folder: judgements.jsonl and winrate.json")
     judge.add_argument("--template", default="hh_helpfulness", help="hh_helpfulness, tldr_summary or a file")
     judge.add_argument("--baseline-kind", default="samples", choices=["samples", "chosen"])
+    _add_data_source(judge, split="test", prefix="baseline")
     judge.add_argument("--n-prompts", type=int, default=100)
     judge.add_argument("--seed", type=int, default=0)
     judge.add_argument("--workers", type=int, default=8)
@@ -451,7 +552,20 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--out", default=None)
     table.add_argument("--reference", default=None,
                        help="public numbers shown beside ours, marked as such (JSON file: {label: {alpaca_eval_lc, ...}})")
+    table.add_argument("--allow-mixed-rules", action="store_true",
+                       help="allow rows scored under different rules (verdict, bootstrap, rating parse) in one table; "
+                            "each rule is then footnoted with its models")
     table.set_defaults(func=_bench_table)
+    table1 = commands.add_parser(
+        "table1", help="Table 1 (win rates vs SFT and vs chosen, RM reward) from the Table 1 run folders",
+        description="Reads <dataset>_<setting>_<method>/eval_<checkpoint>/{vs_sft,vs_chosen}/winrate.json and "
+        "mean_reward.json (and eval/<dataset>/sft_mean_reward.json) below RESULTS_DIR, as run/common.sh writes them; "
+        "a missing file is a '–' cell.")
+    table1.add_argument("results", nargs="?", default="results/table1", help="default: results/table1")
+    table1.add_argument("--checkpoint", default="final", help="the evaluated checkpoint (eval_<checkpoint>/)")
+    table1.add_argument("--latex", action="store_true", help="a LaTeX tabular instead of Markdown")
+    table1.add_argument("--out", default=None, help="also write the table to this file")
+    table1.set_defaults(func=_table1)
     small_table = commands.add_parser("small-table", help="a paper table's methods and columns in the small world")
     small_table.add_argument("table", choices=sorted(SMALL_TABLE_METHODS))
     small_table.add_argument("--out", default="results/small")

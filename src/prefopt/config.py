@@ -81,6 +81,10 @@ class DataConfig:
         "how chat records become scored tokens: trl = the prompt with the generation prompt, only the text after it "
         "scored (TRL); official = the SimPO-family scripts the Table 2/3 papers ran (empty system message, each "
         "response rendered alone with its assistant header, EOS appended; SPEC §6.4)", default="trl")
+    apply_chat_template: typing.Literal["auto", "always", "never"] = _help(
+        "string prompts: auto = one user turn through the chat template when the tokenizer has one, always = "
+        "through it (an error without one), never = as text + response + EOS (HH / TL;DR text prompts); chat-message "
+        "prompts always use the template", default="auto")
     max_length: int = _help("maximum tokens of prompt + response; responses are cut on the right", default=1024)
     max_prompt_length: int = _help("maximum prompt tokens; prompts are cut on the left", default=512)
     max_bad_fraction: float = _help("fail when more than this fraction of rows is malformed", default=0.01)
@@ -134,6 +138,12 @@ class TrainConfig(TrainingArguments):
     save_final_model: bool = _help("save the final policy (model + tokenizer) to <run>/final", default=True)
     logit_temperature: float = _help("divide policy and reference logits by this (EXO/f-PO Pythia: 0.8)", default=1.0)
     logps_chunk_size: int = _help("sequence positions per chunk in the log-prob computation", default=128)
+    logps_from_hidden: bool = _help("log-probs from the backbone's hidden states through a chunked LM head, so the "
+                                    "[batch, length, vocab] logits never exist; false = from the model's logits "
+                                    "(also the fallback under ZeRO-3/FSDP and for unknown architectures)", default=True)
+    padding_free: str = _help("pack the B·K responses of a micro-batch into one row with per-sequence position_ids: "
+                              "auto = only with flash-attention (variable-length kernel), true = always (sdpa/eager "
+                              "get a block-diagonal mask), false = padded rows", default="auto")
     precompute_ref_logps: bool = _help("compute reference log-probs once and cache them on disk", default=False)
     ref_cache_dir: Optional[str] = _help("cache folder for reference log-probs; null = ~/.cache/prefopt", default=None)
     margin_log_every: int = _help("write the per-pair margin log every N optimiser steps; 0 = never", default=1)
@@ -239,6 +249,8 @@ class TrainConfig(TrainingArguments):
             (self.max_grad_norm >= 0, "train.max_grad_norm must be >= 0 (0 = no clipping)"),
             (self.logit_temperature > 0, "train.logit_temperature must be > 0"),
             (self.logps_chunk_size >= 1, "train.logps_chunk_size must be >= 1"),
+            (str(self.padding_free).lower() in ("auto", "true", "false"),
+             f"train.padding_free must be auto, true or false, got {self.padding_free!r}"),
             (self.logging_steps >= 1, "train.logging_steps must be >= 1"),
             (self.margin_log_every >= 0, "train.margin_log_every must be >= 0 (0 = never)"),
             (self.eval_steps is None or self.eval_steps >= 1, "train.eval_steps must be >= 1 or null"),
@@ -247,6 +259,7 @@ class TrainConfig(TrainingArguments):
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self.padding_free = str(self.padding_free).lower()
         for key in ("experiment", "run_name"):  # results/<experiment>/<run_name> stays inside results/
             value = getattr(self, key)
             if value is not None and (value in ("", ".", "..") or "/" in value or "\\" in value):

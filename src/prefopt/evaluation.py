@@ -23,13 +23,17 @@ def _prompt_key(prompt: Any) -> str:
     return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
 
 
-def load_baseline(path: str | Path, kind: str) -> dict[str, str]:
-    """prompt → baseline response: ``kind="samples"`` (first completion of each row) or ``"chosen"`` (pairs data)."""
+def load_baseline(path: str | Path, kind: str, *, split: str = "test", name: Optional[str] = None,
+                  data_dir: Optional[str] = None, format: str = "auto") -> dict[str, str]:
+    """prompt → baseline response: ``kind="samples"`` (first completion of each row of a samples JSONL) or
+    ``"chosen"`` (pairs data: a local file or a Hub dataset by name, with ``split``, ``name`` = its configuration,
+    ``data_dir`` and ``format``, read as every stage reads data)."""
     if kind == "samples":
         rows = read_jsonl(path)
         return {_prompt_key(r["prompt"]): r["completions"][0] for r in rows if r.get("completions")}
     if kind == "chosen":
-        records, _ = load_records(str(path), max_bad_fraction=1.0)
+        records, _ = load_records(str(path), split=split, name=name, data_dir=data_dir, format=format,
+                                  max_bad_fraction=1.0)
         return {_prompt_key(r.prompt): r.completions[0] for r in records}
     raise DataError(f"baseline kind must be 'samples' or 'chosen', got {kind!r}")
 
@@ -63,14 +67,16 @@ def judge_against_baseline(
     seed: int = 0,
     workers: int = 8,
     command: Optional[Sequence[str]] = None,
+    baseline_source: Optional[dict] = None,
 ) -> dict:
     """Judge ``n_prompts`` prompts (a seeded sample of those both sides answered) in both orders; write
     ``judgements.jsonl`` (every verdict), ``winrate.json`` (summary) and ``run_info.json`` (the provenance record of
-    :mod:`prefopt.runs`) to ``out_dir``; return the summary."""
+    :mod:`prefopt.runs`) to ``out_dir``; return the summary. ``baseline_source`` (``split``, ``name``, ``data_dir``,
+    ``format``) says how a ``chosen`` baseline given by Hub name is read (:func:`load_baseline`)."""
     record = StageRecord(Path(out_dir) / "run_info.json", "judge", command=command)
     policy = {_prompt_key(r["prompt"]): (r["prompt"], r["completions"][0]) for r in read_jsonl(policy_samples)
               if r.get("completions")}
-    reference = load_baseline(baseline, baseline_kind)
+    reference = load_baseline(baseline, baseline_kind, **(baseline_source or {}))
     shared = sorted(set(policy) & set(reference))
     if not shared:
         raise DataError(f"{policy_samples} and {baseline} have no prompt in common: nothing to judge")

@@ -28,8 +28,10 @@ from prefopt.hub import offline_from_env
 #: ``dtype`` names accepted by every loader and config (``auto``: the dtype the checkpoint was saved in).
 DTYPES: dict[str, Any] = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16,
                           "float32": torch.float32}
-#: What :func:`load_model` builds for each ``kind``.
-KINDS = ("causal_lm", "reward_model")
+#: What :func:`load_model` builds for each ``kind``: a causal LM, our one-label reward model (a ``score`` head read
+#: at the last response token, :mod:`prefopt.rm`), or any sequence classifier as it was saved (``classifier``: e.g.
+#: ArmoRM, whose remote code returns ``.score``; no label count imposed, no head check).
+KINDS = ("causal_lm", "reward_model", "classifier")
 
 
 #: Chat templates shipped as package data (``resources/chat_templates/<name>.jinja``), selectable by name in
@@ -106,7 +108,8 @@ def load_model(name_or_path: Union[str, Path], *, kind: str = "causal_lm", dtype
                revision: Optional[str] = None, trust_remote_code: bool = False,
                attn_implementation: Optional[str] = None, device: Optional[Union[str, torch.device]] = None,
                eval_mode: bool = False, what: str = "model", **extra):
-    """``from_pretrained`` of a causal LM (``kind="causal_lm"``) or a one-label reward model (``"reward_model"``).
+    """``from_pretrained`` of a causal LM (``kind="causal_lm"``), a one-label reward model (``"reward_model"``) or a
+    sequence classifier as saved (``"classifier"``, see :data:`KINDS`).
 
     ``extra`` goes to ``from_pretrained`` (e.g. ``pad_token_id``). ``device`` moves the model there (``"auto"``: CUDA
     when available, else the CPU; None: leave it where from_pretrained put it, as the Trainer wants); ``eval_mode``
@@ -121,8 +124,9 @@ def load_model(name_or_path: Union[str, Path], *, kind: str = "causal_lm", dtype
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     auto_class = AutoModelForCausalLM
-    if kind == "reward_model":
+    if kind in ("reward_model", "classifier"):
         auto_class = AutoModelForSequenceClassification
+    if kind == "reward_model":
         kwargs["num_labels"] = 1
     try:
         with offline_from_env():

@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from prefopt.logps import sequence_logps
+from prefopt.forward import plan_forward, summed_logps
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +73,14 @@ def compute_reference_logps(
     temperature: float = 1.0,
     chunk_size: int = 128,
     accelerator=None,
+    logps_from_hidden: bool = True,
+    padding_free: str = "auto",
 ) -> torch.Tensor:
     """Summed reference log-probs ``[N, K]`` of every example's K responses, in dataset order.
 
     With an ``accelerator`` each process scores a shard and the results are gathered, so every rank ends with the
-    full table.
+    full table. ``logps_from_hidden`` and ``padding_free`` choose the forward path as for the policy
+    (:func:`prefopt.forward.plan_forward`; one log line says which runs).
     """
     loader = torch.utils.data.DataLoader(list(examples), batch_size=batch_size, shuffle=False, collate_fn=collator)
     device = next(ref_model.parameters()).device
@@ -85,14 +88,12 @@ def compute_reference_logps(
         loader = accelerator.prepare_data_loader(loader)
         device = accelerator.device
     ref_model.eval()
+    plan = plan_forward(ref_model, logps_from_hidden=logps_from_hidden, padding_free=padding_free, role="reference")
     indices, values = [], []
     show = accelerator is None or accelerator.is_local_main_process
     for batch in tqdm(loader, desc="reference log-probs", disable=not show):
         batch = {key: value.to(device) for key, value in batch.items()}
-        logits = ref_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        summed, _ = sequence_logps(
-            logits, batch["input_ids"], batch["completion_mask"], temperature=temperature, chunk_size=chunk_size
-        )
+        summed, _ = summed_logps(ref_model, batch, plan, temperature=temperature, chunk_size=chunk_size)
         summed = summed.view(batch["rewards"].shape)
         index = batch["index"]
         if accelerator is not None:

@@ -295,7 +295,7 @@ def run_reward_model(config: RewardModelConfig, argv: Optional[list[str]] = None
             write_json(final / RM_INFO_FILE, {
                 "score": "score head (nn.Linear(hidden, 1)) at the last response token (last completion_mask == 1)",
                 "loss": "bradley_terry", "max_length": d.max_length, "max_prompt_length": d.max_prompt_length,
-                "tokenization": d.tokenization,
+                "tokenization": d.tokenization, "apply_chat_template": d.apply_chat_template,
                 "base_model": config.model.name_or_path,
             })
     return finish_run(trainer, record, metrics)
@@ -317,19 +317,24 @@ def score_completions(
     max_prompt_length: Optional[int] = None,
     dtype: str = "float32",
     device: Optional[str] = None,
+    chat_template: Optional[str] = None,
 ) -> list[list[float]]:
     """The RM's reward of each completion, shaped like ``completions`` (any K per prompt, repeats allowed).
 
-    Tokenised exactly as training (:func:`prefopt.data.tokenize_records`; lengths and ``data.tokenization`` default
-    to those the RM was trained with), each completion scored as its own sequence, ``batch_size`` sequences per forward, longest first.
+    Tokenised exactly as training (:func:`prefopt.data.tokenize_records`; lengths, ``data.tokenization`` and the
+    string-prompt rule default to those the RM was trained with, recorded in its :data:`RM_INFO_FILE`: an RM without
+    that file, e.g. one from the Hub, gets ``auto``, one trained before the rule was recorded ``never``), each completion scored as its own sequence, ``batch_size`` sequences per forward, longest first.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     max_length, max_prompt_length = _lengths(rm_path, max_length, max_prompt_length)
+    info = _rm_info(rm_path)
     tokenizer, model = _load_rm_for_scoring(rm_path, dtype, device)
     examples = tokenize_completions(prompts, completions, tokenizer, max_length=max_length,
                                     max_prompt_length=max_prompt_length,
-                                    tokenization=_rm_info(rm_path).get("tokenization", "trl"))
+                                    tokenization=info.get("tokenization", "trl"),
+                                    chat_template=chat_template or info.get("apply_chat_template",
+                                                                            "never" if info else "auto"))
     flat = [{"index": j, "prompt_ids": e["prompt_ids"], "completion_ids": [c], "rewards": [0.0]}
             for e in examples for j, c in enumerate(e["completion_ids"])]
     order = sorted(range(len(flat)), key=lambda j: -(len(flat[j]["prompt_ids"]) + len(flat[j]["completion_ids"][0])))
@@ -349,12 +354,33 @@ def score_completions(
     return out
 
 
-def _read_samples(path: str | Path) -> list[dict]:
-    """The ``{prompt, completions}`` rows of a samples JSONL (the sample stage's output); any bad row is an error,
-    since a dropped row would shift the labels."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"no such samples file {str(path)!r}")
+def _check_sample_row(row: Any, where: str) -> dict:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: a row must be an object {{prompt, completions}}")
+    prompt, completions = row.get("prompt"), row.get("completions")
+    if not (isinstance(prompt, str) and prompt.strip()) and not (isinstance(prompt, list) and prompt):
+        raise DataError(f"{where}: prompt must be a non-empty string or a list of chat messages")
+    if not isinstance(completions, list) or not completions or not all(isinstance(c, str) for c in completions):
+        raise DataError(f"{where}: completions must be a non-empty list of strings")
+    return row
+
+
+def _read_samples(path: str | Path, *, split: str = "train", name: Optional[str] = None,
+                  data_dir: Optional[str] = None) -> list[dict]:
+    """The ``{prompt, completions}`` rows of a samples JSONL (the sample stage's output), or of a Hub dataset by name
+    (``split``, ``name`` = its configuration, ``data_dir``) with those columns; any bad row is an error, since a
+    dropped row would shift the labels."""
+    from prefopt.data.readers import _read_rows, check_source
+
+    check_source(str(path), "samples")
+    local = Path(path).expanduser()
+    if not local.is_file():
+        rows = [_check_sample_row(row, f"{path} row {i}") for i, row in
+                enumerate(_read_rows(str(path), split=split, name=name, limit=None, data_dir=data_dir)[0], start=1)]
+        if not rows:
+            raise DataError(f"{path} has no rows")
+        return rows
+    path = local
     rows = []
     with path.open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
@@ -364,15 +390,7 @@ def _read_samples(path: str | Path) -> list[dict]:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path} line {line_number}: invalid JSON ({err.msg})") from None
-            where = f"{path} line {line_number}"
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: a row must be an object {{prompt, completions}}")
-            prompt, completions = row.get("prompt"), row.get("completions")
-            if not (isinstance(prompt, str) and prompt.strip()) and not (isinstance(prompt, list) and prompt):
-                raise DataError(f"{where}: prompt must be a non-empty string or a list of chat messages")
-            if not isinstance(completions, list) or not completions or not all(isinstance(c, str) for c in completions):
-                raise DataError(f"{where}: completions must be a non-empty list of strings")
-            rows.append(row)
+            rows.append(_check_sample_row(row, f"{path} line {line_number}"))
     if not rows:
         raise DataError(f"{path} has no rows")
     return rows
@@ -396,8 +414,16 @@ def label_completions(
     device: Optional[str] = None,
     command: Optional[Sequence[str]] = None,
     overwrite: bool = False,
+    split: str = "train",
+    name: Optional[str] = None,
+    data_dir: Optional[str] = None,
+    chat_template: Optional[str] = None,
 ) -> dict[str, Any]:
     """The ``prefopt label`` stage (SPEC §6.1 step 4): score every completion of a samples file with the RM.
+
+    ``samples_path`` may also be a Hub dataset by name (``split``, ``name``, ``data_dir``). String prompts follow
+    ``chat_template`` (auto / always / never); None = the rule the RM was trained with (see
+    :func:`score_completions`).
 
     ``samples_path`` holds ``{prompt, completions}`` JSONL rows (the sample stage's output; completions may repeat).
     ``out_path`` receives the same rows, in order, with ``rewards`` aligned to ``completions`` (other keys kept, an
@@ -409,11 +435,11 @@ def label_completions(
 
     check_output_path(out_path, [samples_path], overwrite=overwrite, what="label")
     record = StageRecord(meta_path(Path(out_path).expanduser()), "label", command=command)
-    rows = _read_samples(samples_path)
+    rows = _read_samples(samples_path, split=split, name=name, data_dir=data_dir)
     max_length, max_prompt_length = _lengths(rm_path, max_length, max_prompt_length)
     rewards = score_completions(rm_path, [r["prompt"] for r in rows], [r["completions"] for r in rows],
                                 batch_size=batch_size, max_length=max_length, max_prompt_length=max_prompt_length,
-                                dtype=dtype, device=device)
+                                dtype=dtype, device=device, chat_template=chat_template)
     out = Path(out_path).expanduser()
     text = "".join(json.dumps({**row, "rewards": scores}, ensure_ascii=False) + "\n" for row, scores in zip(rows, rewards))
     write_atomic(out, text)

@@ -37,6 +37,8 @@ from tqdm.auto import tqdm
 
 from prefopt import models
 from prefopt.data import DataError, Prompt, encode_prompts, load_prompts
+from prefopt.data.readers import check_source
+from prefopt.data.tokenize import chat_template_applies
 from prefopt.io import write_atomic
 from prefopt.models import load_tokenizer  # noqa: F401  (the sampler's tokenizer: the model's own, pad = EOS)
 from prefopt.runs import StageRecord, meta_path  # noqa: F401  (meta_path: the samples file's sidecar)
@@ -98,13 +100,15 @@ def resolve_backend(backend: str, model: Any = None) -> str:
     return "vllm" if installed and by_path and torch.cuda.is_available() else "hf"
 
 
-def render_prompts(prompts: Sequence[Prompt], tokenizer) -> list[list[int]]:
+def render_prompts(prompts: Sequence[Prompt], tokenizer, chat_template: str = "never") -> list[list[int]]:
     """Token ids of each prompt exactly as training sees them (:func:`prefopt.data.encode_prompts`, SPEC §6.1 step 4).
 
-    Chat prompts (lists of ``{role, content}``) go through the tokenizer's chat template with the generation prompt,
-    text prompts are encoded as they are; both get exactly one leading BOS where the tokenizer uses one.
+    Chat prompts (lists of ``{role, content}``) go through the tokenizer's chat template with the generation prompt;
+    string prompts too when ``chat_template`` (``auto``, ``always``, ``never``:
+    :data:`prefopt.data.tokenize.CHAT_TEMPLATE_RULES`) says so, else they are encoded as they are; all get exactly
+    one leading BOS where the tokenizer uses one.
     """
-    return encode_prompts(prompts, tokenizer)
+    return encode_prompts(prompts, tokenizer, chat_template=chat_template)
 
 
 def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
@@ -289,11 +293,11 @@ def _generate_vllm(model_path: str, prompt_ids, *, k, temperature, top_k, top_p,
 
 
 def _sample(model, tokenizer, prompts, *, k, temperature, top_k, top_p, max_new_tokens, seed, batch_size,
-            stop_strings, backend, dtype="auto", progress=True) -> tuple[_Sampled, str]:
+            stop_strings, backend, dtype="auto", progress=True, chat_template="never") -> tuple[_Sampled, str]:
     _check_settings(k=k, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
                     batch_size=batch_size, stop_strings=stop_strings, backend=backend)
     chosen = resolve_backend(backend, model)
-    prompt_ids = render_prompts(list(prompts), tokenizer)
+    prompt_ids = render_prompts(list(prompts), tokenizer, chat_template)
     empty = [i for i, ids in enumerate(prompt_ids) if not ids]
     if empty:
         raise DataError(f"prompt {empty[0]} is empty after tokenisation; the model needs at least one prompt token")
@@ -325,11 +329,12 @@ def generate(
     stop_strings: Optional[list[str]] = None,
     backend: str = "auto",
     progress: bool = True,
+    chat_template: str = "never",
 ) -> list[list[str]]:
     """K completions per prompt, in prompt order (SPEC §6.1 step 4; §8).
 
     ``model`` is a loaded causal LM or a model path (the ``vllm`` backend needs a path). Prompts are text or chat
-    messages, tokenised by :func:`render_prompts` and left-padded. ``temperature`` 0 is greedy decoding (the K
+    messages, tokenised by :func:`render_prompts` (string prompts by the ``chat_template`` rule) and left-padded. ``temperature`` 0 is greedy decoding (the K
     completions are then one completion repeated), ``top_k`` 0 and ``top_p`` 1 are off; a completion ends at EOS (the
     tokenizer's or the model's generation EOS ids), at ``max_new_tokens`` new tokens, or just before the first of
     ``stop_strings`` (which is cut off). Only the new tokens are decoded, special tokens skipped and whitespace
@@ -339,7 +344,7 @@ def generate(
     """
     sampled, _ = _sample(model, tokenizer, prompts, k=k, temperature=temperature, top_k=top_k, top_p=top_p,
                          max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, stop_strings=stop_strings,
-                         backend=backend, progress=progress)
+                         backend=backend, progress=progress, chat_template=chat_template)
     return sampled.texts
 
 
@@ -372,11 +377,19 @@ def sample_to_jsonl(
     stop_strings: Optional[list[str]] = None,
     backend: str = "auto",
     command: Optional[Sequence[str]] = None,
+    split: str = "train",
+    name: Optional[str] = None,
+    data_dir: Optional[str] = None,
+    format: str = "auto",
+    chat_template: str = "auto",
 ) -> dict:
-    """The ``prefopt sample`` stage (SPEC §6.1 steps 4 and 6): K completions for each unique prompt of a data file.
+    """The ``prefopt sample`` stage (SPEC §6.1 steps 4 and 6): K completions for each unique prompt of a data source.
 
-    ``prompts_path`` is a local .json/.jsonl/.parquet file whose rows are in any of our data formats, or ``{prompt}``
-    rows; the prompt of each row is read as training reads it (:func:`prefopt.data.load_prompts`). Repeated prompts
+    ``prompts_path`` is a local .json/.jsonl/.parquet file or a Hub dataset by name (with ``split``, ``name`` = its
+    configuration and ``data_dir``, as every stage reads data), whose rows are in any of our data formats
+    (``format``, default auto-detected), or ``{prompt}`` rows; the prompt of each row is read as training reads it
+    (:func:`prefopt.data.load_prompts`). String prompts go through the model's chat template by the ``chat_template``
+    rule (default ``auto``: when the tokenizer has one; ``never`` for HH / TL;DR text prompts). Repeated prompts
     are kept once, in first-seen order, and ``limit`` keeps the first ``limit`` unique prompts. The model and its
     tokenizer are loaded with ``from_pretrained``. ``out_path`` receives one JSON row ``{"prompt", "completions"}`` per
     prompt and ``<out_path>.meta.json`` the provenance record (:mod:`prefopt.runs`) with the settings, model, prompt
@@ -388,26 +401,26 @@ def sample_to_jsonl(
     if limit is not None and (not _is_int(limit) or limit < 1):
         raise DataError(f"limit must be an integer >= 1 or None, got {limit!r}")
     models.torch_dtype(dtype)  # an unknown dtype fails before any work
-    source = Path(prompts_path).expanduser()
-    if not source.is_file():
-        raise DataError(f"no such prompts file {str(prompts_path)!r} (resolved to {source.resolve()})")
-    prompts, report = load_prompts(str(source))
+    check_source(str(prompts_path), "prompts")
+    prompts, report = load_prompts(str(prompts_path), split=split, name=name, data_dir=data_dir, format=format)
     unique = unique_prompts(prompts)
     kept = unique if limit is None else unique[:limit]
-    logger.info("%d prompts in %s, %d unique, sampling %d x %d", len(prompts), source, len(unique), len(kept), k)
+    logger.info("%d prompts in %s, %d unique, sampling %d x %d", len(prompts), prompts_path, len(unique), len(kept), k)
 
     chosen = resolve_backend(backend, str(model_path))
     tokenizer = load_tokenizer(str(model_path))
+    chat_template_applies(tokenizer, chat_template)  # a wrong rule fails before the model is loaded
     model = str(model_path) if chosen == "vllm" else load_model(str(model_path), dtype=dtype)
     sampled, chosen = _sample(model, tokenizer, kept, k=k, temperature=temperature, top_k=top_k, top_p=top_p,
                               max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
-                              stop_strings=stop_strings, backend=chosen, dtype=dtype)
+                              stop_strings=stop_strings, backend=chosen, dtype=dtype, chat_template=chat_template)
     out = Path(out_path).expanduser()
     rows = (json.dumps({"prompt": prompt, "completions": texts}, ensure_ascii=False) + "\n"
             for prompt, texts in zip(kept, sampled.texts))
     write_atomic(out, "".join(rows))
     meta = record.finish(
-        model=str(model_path), prompts=str(prompts_path), out=str(out_path), data=report.summary(),
+        model=str(model_path), prompts=str(prompts_path), split=split, data_config=name, data_dir=data_dir,
+        format=format, chat_template=chat_template, out=str(out_path), data=report.summary(),
         n_rows=report.n_rows, n_bad_rows=len(report.bad), n_unique_prompts=len(unique), n_prompts=len(kept), k=k,
         n_completions=len(kept) * k, n_hit_max_new_tokens=sampled.n_hit_max_new_tokens, temperature=temperature,
         top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, limit=limit,

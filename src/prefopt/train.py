@@ -35,7 +35,7 @@ def prepare_examples(config: RunConfig, tokenizer, source: str, split: str, limi
     )
     examples, tokenize_report = tokenize_records(
         records, tokenizer, max_length=d.max_length, max_prompt_length=d.max_prompt_length,
-        tokenization=d.tokenization,
+        tokenization=d.tokenization, chat_template=d.apply_chat_template,
     )
     if not examples:
         raise ConfigError(f"no usable examples left in {source!r} ({split}) after validation and truncation")
@@ -59,6 +59,7 @@ def attach_reference_logps(config: RunConfig, datasets: dict[str, list[dict]], c
         return reference.compute_reference_logps(
             ref_model, examples, collator, batch_size=t.per_device_eval_batch_size,
             temperature=t.logit_temperature, chunk_size=t.logps_chunk_size, accelerator=accelerator,
+            logps_from_hidden=t.logps_from_hidden, padding_free=t.padding_free,
         )
 
     for name, examples in datasets.items():

@@ -6,7 +6,9 @@ does well (DeepSpeed / FSDP through accelerate, gradient accumulation, scheduler
 
 1. one concatenated forward of the policy over all B·K responses of a micro-batch (pairs are K = 2), and one of the
    reference (or its cached log-probs, :mod:`prefopt.reference`);
-2. per-sequence summed or averaged log-probs from :func:`prefopt.logps.sequence_logps`;
+2. per-sequence summed or averaged log-probs (:mod:`prefopt.forward`): by default from the backbone's hidden states
+   through a chunked LM head, so the ``[B·K, T, V]`` logits never exist (``train.logps_from_hidden``), and with
+   padding-free packed rows where a variable-length attention kernel runs (``train.padding_free``);
 3. the loss named in the config, looked up in :data:`prefopt.losses.LOSSES` and called through its one interface
    (:class:`~prefopt.losses.PreferenceBatch` in, :class:`~prefopt.losses.LossOutput` out; no per-method branches);
 4. for γ-PO, per-pair margins from :class:`prefopt.margins.DynamicMargins`, passed as ``margin_offsets``;
@@ -27,7 +29,8 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import nested_gather
 
-from prefopt.logps import DEFAULT_CHUNK_SIZE, sequence_logps
+from prefopt.forward import ForwardPlan, plan_forward, summed_logps, unwrap
+from prefopt.logps import DEFAULT_CHUNK_SIZE
 from prefopt.losses import LossOutput, PreferenceBatch, get_loss_spec
 from prefopt.margins import DynamicMargins
 from prefopt.runs import MARGIN_STATE_FILE, latest_complete_checkpoint
@@ -110,6 +113,8 @@ class PreferenceTrainer(WholeRunLossMixin, Trainer):
         margins: a :class:`DynamicMargins` for γ-PO losses; its ``gamma0`` must be the loss's β·gamma_beta_ratio.
         pool_margins_across_ranks: solve γ-PO margins over the gaps of all data-parallel ranks at once.
         logit_temperature: divides policy and reference logits (SPEC §3, 0.8 in the EXO/f-PO Pythia configs).
+        logps_from_hidden, padding_free: the forward paths (:mod:`prefopt.forward`); None = the ``args`` fields of
+            the same names (``train.logps_from_hidden``, ``train.padding_free``), else true and "auto".
         margin_log_path, margin_log_every: where and how often to write the per-pair margin log (JSONL).
     """
 
@@ -128,8 +133,18 @@ class PreferenceTrainer(WholeRunLossMixin, Trainer):
         logps_chunk_size: int = DEFAULT_CHUNK_SIZE,
         margin_log_path: Optional[str | Path] = None,
         margin_log_every: int = 1,
+        logps_from_hidden: Optional[bool] = None,
+        padding_free: Optional[str] = None,
         **kwargs,
     ):
+        args_ = kwargs.get("args", args[1] if len(args) > 1 else None)
+        model_ = kwargs.get("model", args[0] if args else None)
+        self.logps_from_hidden = bool(getattr(args_, "logps_from_hidden", True) if logps_from_hidden is None
+                                      else logps_from_hidden)
+        self.padding_free = str(getattr(args_, "padding_free", "auto") if padding_free is None else padding_free).lower()
+        self._forward_plans: dict[str, ForwardPlan] = {}
+        if args_ is not None:
+            _settle_find_unused_parameters(args_, model_)
         self.loss_spec = get_loss_spec(loss_name)
         self.loss_hparams = self.loss_spec.resolve_hparams(loss_hparams)
         if self.loss_spec.dynamic_margins:
@@ -167,15 +182,22 @@ class PreferenceTrainer(WholeRunLossMixin, Trainer):
     # Loss
     # ------------------------------------------------------------------------------------------------------------------
 
-    def _summed_logps(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
-        return sequence_logps(
-            logits,
-            inputs["input_ids"],
-            inputs["completion_mask"],
-            temperature=self.logit_temperature,
-            chunk_size=self.logps_chunk_size,
-        )
+    def _forward_plan(self, model: torch.nn.Module, role: str) -> ForwardPlan:
+        """Which forward path ``model`` takes (decided on first use, logged in one line per role)."""
+        if role not in self._forward_plans:
+            sharded = None
+            if self.is_deepspeed_enabled and getattr(self.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3:
+                sharded = "DeepSpeed ZeRO-3"
+            elif self.is_fsdp_enabled:
+                sharded = "FSDP"
+            self._forward_plans[role] = plan_forward(model, logps_from_hidden=self.logps_from_hidden,
+                                                     padding_free=self.padding_free, sharded=sharded, role=role)
+        return self._forward_plans[role]
+
+    def _summed_logps(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
+                      role: str = "policy") -> tuple[torch.Tensor, torch.Tensor]:
+        return summed_logps(model, inputs, self._forward_plan(model, role), temperature=self.logit_temperature,
+                            chunk_size=self.logps_chunk_size)
 
     def _reference_summed_logps(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         if "ref_logps" in inputs:
@@ -185,7 +207,7 @@ class PreferenceTrainer(WholeRunLossMixin, Trainer):
                 f"loss {self.loss_spec.name!r} needs a reference: pass ref_model or precompute ref_logps"
             )
         with torch.no_grad():
-            return self._summed_logps(self.ref_model, inputs)[0]
+            return self._summed_logps(self.ref_model, inputs, role="reference")[0]
 
     def _dynamic_margins(self, reward_gaps: torch.Tensor, training: bool) -> torch.Tensor:
         if self.pool_margins_across_ranks and self.accelerator.num_processes > 1:
@@ -249,6 +271,19 @@ class PreferenceTrainer(WholeRunLossMixin, Trainer):
             loss, per_pair = self.preference_loss(model, inputs, training=False)
         self._record(per_pair, inputs, "eval")
         return loss.detach(), None, None
+
+    def _get_train_sampler(self, train_dataset=None):
+        """``train.train_sampling_strategy: group_by_length`` on our list of tokenised records: the lengths are each
+        record's longest prompt + response (the Trainer's own sampler looks for an ``input_ids`` column)."""
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if (self.args.train_sampling_strategy == "group_by_length" and isinstance(dataset, (list, tuple))
+                and dataset and "completion_ids" in dataset[0]):
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            lengths = [max(len(f["prompt_ids"]) + len(c) for c in f["completion_ids"]) for f in dataset]
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        dataset=dataset, lengths=lengths)
+        return super()._get_train_sampler(train_dataset)
 
     # ------------------------------------------------------------------------------------------------------------------
     # Metrics and the per-pair margin log (SPEC §9)
@@ -332,6 +367,39 @@ class PreferenceTrainer(WholeRunLossMixin, Trainer):
             self.margins.load_state_dict(torch.load(state_file, weights_only=False))
             logger.info("restored γ-PO margin state from %s (%d gaps queued)", state_file, self.margins.queue.numel())
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+
+#: Config attributes of mixture-of-experts models: an expert that no token of a micro-batch is routed to gets no
+#: gradient, so DDP must look for unused parameters.
+_MOE_CONFIG_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+
+
+def unused_parameter_risk(model: Optional[torch.nn.Module]) -> Optional[str]:
+    """Why a step of this model might leave a trainable parameter without a gradient (None: every one is used)."""
+    if model is None:
+        return "no model given"
+    config = getattr(unwrap(model), "config", None)
+    for key in _MOE_CONFIG_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 1:
+            return f"{key}={value}: a mixture-of-experts expert that no token is routed to gets no gradient"
+    return None
+
+
+def _settle_find_unused_parameters(args, model) -> None:
+    """``ddp_find_unused_parameters=False`` unless set by hand or a step may leave a parameter unused.
+
+    Every preference loss uses every response's log-probs, and the log-probs use every layer, the embeddings and the
+    LM head (the hidden-state path included: the head's weight gets its gradient from the chunked function). So on
+    a dense model no trainable parameter goes without a gradient, and the Trainer's default (``True`` without
+    gradient checkpointing) only costs DDP an extra traversal of the autograd graph each step and a warning."""
+    if getattr(args, "ddp_find_unused_parameters", None) is not None:
+        return
+    risk = unused_parameter_risk(model)
+    if risk is None:
+        args.ddp_find_unused_parameters = False
+    else:
+        logger.info("DDP find_unused_parameters left to the Trainer's default: %s", risk)
 
 
 def _prepare_deepspeed_reference(ref_model: torch.nn.Module, accelerator) -> torch.nn.Module:

@@ -432,6 +432,10 @@ def _cached_hub_file(filename: str) -> str | None:
     return found if isinstance(found, str) else None
 
 
+LC_RULE = ("alpaca_eval get_length_controlled_winrate (length_controlled_v1) on the annotations with a readable "
+           "preference (NaN rows dropped first, as alpaca_eval 0.6.6)")
+
+
 def official_lc_win_rate(annotations: Sequence[Mapping], *, allow: str = "auto") -> tuple[float | None, str]:
     """alpaca_eval's ``get_length_controlled_winrate`` (length_controlled_v1) when it can run, else (None, reason).
 
@@ -444,13 +448,16 @@ def official_lc_win_rate(annotations: Sequence[Mapping], *, allow: str = "auto")
             "alpaca_eval's get_length_controlled_winrate cannot run offline: for every glm_name it downloads "
             f"df_gamed.csv from the Hub dataset {HUB_DATASET} (instruction_difficulty per eval-set index and the "
             "annotations of the verbose/concise 'gamed' baselines it regularises towards, weight 0.2); that file is "
-            "not in the local Hugging Face cache and the Hub is unreachable. lc_win_rate_ours is our own fit instead."
+            "not in the local Hugging Face cache and the Hub is unreachable, so lc_win_rate is null."
         )
     import pandas as pd
     from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate
 
+    # alpaca_eval 0.6.6 annotators/base.py _postprocess_and_store_ drops annotations whose preference is NaN before
+    # main.evaluate hands them to the metric; so do we (std_delta_len and the mean prediction are over the rest).
+    readable = [a for a in annotations if a.get("preference") is not None and not math.isnan(float(a["preference"]))]
     df = pd.DataFrame([{k: a[k] for k in ("preference", "output_1", "output_2", "index", "generator_1",
-                                           "generator_2", "annotator")} for a in annotations])
+                                           "generator_2", "annotator")} for a in readable])
     try:
         metrics = get_length_controlled_winrate(df, save_weights_dir=None, is_add_glm_preference_inplace=False)
     except Exception as exc:  # noqa: BLE001 - report why, keep ours
@@ -477,35 +484,28 @@ def compute_metrics(
     template_sha256: str | None = None,
     instruction_difficulty: Mapping[int, float] | str | os.PathLike | None = None,
     official_lc: str = "auto",
+    our_lc: bool = True,
 ) -> dict:
-    """The result JSON: raw WR ± SE, official LC WR (or null + reason), our LC WR (labelled), n, avg_length, judge,
-    template sha, alpaca_eval version. ``avg_length`` is the model outputs' mean length in characters, as on
+    """The result JSON: raw WR ± SE, official LC WR (or null + reason), our LC WR (labelled; only with ``our_lc``,
+    which the paper-scale runner turns off: on 59 leaderboard models it was off from alpaca_eval's LC by a median
+    4.7 and up to 28 points), n, avg_length, judge, template sha, alpaca_eval version, ``lc_rule``. ``avg_length`` is the model outputs' mean length in characters, as on
     alpaca_eval's leaderboard."""
     if instruction_difficulty is not None and not isinstance(instruction_difficulty, Mapping):
         instruction_difficulty = load_instruction_difficulty(instruction_difficulty)
     raw = raw_win_rate(annotations)
     lc_official, lc_note = official_lc_win_rate(annotations, allow=official_lc)
-    ours = lc_fit_ours(annotations, instruction_difficulty)
+    ours = lc_fit_ours(annotations, instruction_difficulty) if our_lc else None
     try:
         version = metadata.version("alpaca_eval")
     except metadata.PackageNotFoundError:
         version = None
     judges = {a.get("judge_model") for a in annotations} - {None}
-    return {
+    metrics = {
         "win_rate": raw["win_rate"],
         "standard_error": raw["standard_error"],
         "lc_win_rate": lc_official,
         "lc_win_rate_note": lc_note,
-        "lc_win_rate_ours": ours["lc_win_rate_ours"],
-        "lc_win_rate_ours_note": (
-            "prefopt's own LC fit, not alpaca_eval's: unpenalised logistic GLM (soft labels) of preference-1 on "
-            "tanh(standardised length difference in characters) + a constant not-gamed-baseline term"
-            + (" + instruction difficulty" if instruction_difficulty is not None else " (no instruction difficulty: "
-               "not available)")
-            + ", no other intercept, no L1/cross-validation, no regularisation towards gamed baselines; LC WR = mean "
-              "prediction with the length term at 0, x100"
-        ),
-        "lc_weights_ours": ours["weights"],
+        "lc_rule": LC_RULE,
         "n": raw["n"],
         "n_dropped": raw["n_dropped"],
         "avg_length": float(np.mean([len(a["output_2"]) for a in annotations])) if annotations else float("nan"),
@@ -514,6 +514,21 @@ def compute_metrics(
         "template_sha256": template_sha256,
         "alpaca_eval_version": version,
     }
+    if ours is not None:
+        metrics.update({
+            "lc_win_rate_ours": ours["lc_win_rate_ours"],
+            "lc_win_rate_ours_note": (
+                "prefopt's own LC fit, not alpaca_eval's (on 59 leaderboard models it was off from alpaca_eval's LC "
+                "by a median 4.7 and up to 28 points): unpenalised logistic GLM (soft labels) of preference-1 on "
+                "tanh(standardised length difference in characters) + a constant not-gamed-baseline term"
+                + (" + instruction difficulty" if instruction_difficulty is not None
+                   else " (no instruction difficulty: not available)")
+                + ", no other intercept, no L1/cross-validation, no regularisation towards gamed baselines; LC WR = "
+                  "mean prediction with the length term at 0, x100"
+            ),
+            "lc_weights_ours": ours["weights"],
+        })
+    return metrics
 
 
 def evaluate(model_outputs, baseline_outputs_path, client, *, seed: int = DEFAULT_SEED, workers: int = 8,

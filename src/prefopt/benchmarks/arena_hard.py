@@ -1,38 +1,47 @@
 """Arena-Hard v0.1: pairwise judging against a baseline and the Bradley–Terry win rate (SPEC §7 "Arena-Hard v0.1").
 
-Pipeline: ``load_questions`` / ``load_answers`` (Arena-Hard's JSONL formats, from local files only) ->
-``judge_answers`` (any :class:`ArenaJudge`: an OpenAI-compatible judge through :class:`prefopt.judges.JudgeClient`,
-temperature 0, cached, or the small world's hidden-reward judge on a CPU) -> ``score_judgements`` (win rate in % with a
-bootstrap 95% interval and verdict counts).
+Pipeline: :func:`load_checkout` (the user's own checkout of arena-hard-auto at its last v0.1 layout: the judge
+configuration ``config/judge_config.yaml``, the questions and the baseline's answers, all read at run time; no
+prompt text of the official repository is copied here) -> ``judge_answers`` (any :class:`ArenaJudge`: an
+OpenAI-compatible judge through :class:`prefopt.judges.JudgeClient`, cached, or the small world's hidden-reward
+judge on a CPU) -> ``score_judgements`` (win rate in % with a bootstrap 95% interval and verdict counts).
 
-Conventions and decisions:
+The defaults reproduce arena-hard-auto v0.1 (its last v0.1 commit, 3071ef95d913bb5cd632641db336a3b6c7fe4bdd:
+``gen_judgment.py`` and ``show_result.py`` / ``utils_math.py``); our own choices stay available as named options and
+every result says which rule produced it:
 
-- **Two games per question, positions swapped**, Arena-Hard's own convention: game 1 shows the *baseline* as
-  Assistant A and the model as B; game 2 shows the model as A and the baseline as B. Keeping the official order
-  means a cached or published judgement for game g is the same request as ours, and position bias cancels either way.
-- **Verdicts** are parsed strictly: among the ``[[...]]`` tokens in the judge's answer that look like a verdict
-  (only the characters ``A B < > =`` and spaces inside), the *last* one is taken (the judge writes its own answer
-  first, then its verdict); it must be exactly one of ``A>>B, A>B, A=B, B>A, B>>A`` or the game is invalid (``None``).
-  Lookalikes such as ``[[A>>>B]]``, ``[[a>b]]`` or ``[[B<A]]`` are invalid, as is an answer without a label.
-  (Official Arena-Hard instead drops a game whose answer holds two *different* labels; ours takes the last one.)
-- **Battles**: each valid game is, for the model against the baseline, a win, loss or tie; a strong verdict (``>>``)
-  counts 3 battles, a slight one 1, a tie is one battle scored ½ (half a win, half a loss). Invalid games are dropped
-  and counted.
+- **Judge messages** (arena-hard-auto v0.1 gen_judgment.py): the config's ``system_prompt`` as the system message,
+  then one user message per entry of ``prompt_template`` filled with ``str.format(question_1=..., answer_1=A,
+  answer_2=B)``; the config's ``temperature`` and ``max_tokens``.
+- **Two games per question, positions swapped**: game 1 shows the *baseline* as Assistant A and the model as B; game
+  2 the model as A and the baseline as B.
+- **Retry** (arena-hard-auto v0.1 gen_judgment.py): up to ``number_of_judgment_attempts`` calls per game. When the
+  judgement so far holds no label, the judge's answer and a request to finish with a verdict label are appended to
+  the conversation and it is asked again; the judgement is the answers joined, each after a newline, and the label is
+  read from all of it. The request's wording is read from the checkout's ``gen_judgment.py`` (:func:`retry_request`).
+  ``judge_attempts=1`` (``--judge-attempts 1``) never re-asks.
+- **Verdict rule** ``"official"`` (default; arena-hard-auto v0.1 gen_judgment.py ``get_score``): every match of the
+  config's ``regex_pattern`` (v0.1: two brackets around one or more of ``A B < > =``, upper case, no spaces); no match:
+  no label (asked again while attempts remain); one distinct label: that label; two or more *different* labels: the
+  game is dropped. A lone label outside the five (``[[A>>>B]]``) is dropped too, as show_result.py gives it weight 0.
+  So ``[[a>b]]`` and ``[[ A>B ]]`` are no label. ``"last"`` (ours, ``--verdict-rule last``): among the ``[[...]]``
+  tokens made only of ``A B a b < > =`` and spaces the *last* one counts and must be exactly one of the five.
+- **Battles** (show_result.py): a valid game is, for the model against the baseline, a win, loss or tie; a strong
+  verdict (``>>``) counts 3 battle rows, a slight one 1, a tie is one row scored ½. Dropped games are counted.
 - **Bradley–Terry** by weighted logistic regression without intercept, the baseline's strength fixed at 0, solved to
   float64 precision by Newton's method (:func:`fit_bradley_terry`, general: any battles between any players). The
-  win rate of model m against the baseline is ``100 * sigmoid(theta_m)`` (Arena-Hard's Elo-scale
-  ``1 / (1 + 10 ** ((R_base - R_m) / 400))`` is the same number). With battles only between each model and the
-  baseline the log-likelihood separates per model, and setting ``d/dtheta sum w_i (y_i log p + (1-y_i) log(1-p)) = 0``
-  gives ``p = sum w_i y_i / sum w_i``: the BT win rate *equals the weighted win share* (strong x3, ties ½). The test
-  checks this against an independent scipy fit. When a model wins (or loses) every battle the MLE is at infinity;
-  a ridge of 1e-10 keeps it finite, so the win rate is then 100% (0%) up to ~1e-8.
-- **Bootstrap**: 100 rounds (seeded) resampling *questions* with replacement, both games of a question together and
-  the same resampled questions for every model; the interval is the 2.5% / 97.5% quantile of the bootstrap win rates,
-  around the point estimate from all data. (Official v0.1 resamples individual battles; resampling questions
-  respects that the two games of a question are not independent.)
+  win rate of model m is ``100 * sigmoid(theta_m)``, the same number as Arena-Hard's Elo-scale
+  ``1 / (1 + 10 ** ((R_base - R_m) / 400))``. With battles only against the baseline it equals the weighted win
+  share (strong x3, ties ½). show_result.py rounds the win rate to 2 decimals; we keep full precision.
+- **Bootstrap** ``"battles"`` (default; utils_math.py ``get_bootstrap_result``): 100 rounds, each resampling the
+  battle rows of all models together with replacement, drawn as ``numpy.random.RandomState(seed).choice(n, n)``
+  (what ``DataFrame.sample(frac=1, replace=True)`` does under utils_math.py's ``np.random.seed(42)``; seed 42 by
+  default), the interval the 2.5 / 97.5 percentiles of the bootstrap *strengths*, turned into win rates.
+  ``"questions"`` (ours, ``--bootstrap questions``): resample questions, both games of a question together; it
+  respects that the two games of a question are not independent and is 1.2-2x wider, so it cannot be set beside
+  published Arena-Hard intervals.
 - **arena-rank** (SPEC: consider it before a hand-written BT fit): not used. Version 0.1.1 requires ``jax==0.8.1``,
-  ``optax`` and pins ``numpy==2.3.3`` (this environment has a newer numpy other code relies on), which is a heavy,
-  conflicting dependency for a convex fit of a few parameters that numpy solves exactly in a dozen lines.
+  ``optax`` and pins ``numpy==2.3.3``, a heavy, conflicting dependency for a convex fit of a few parameters.
 """
 
 from __future__ import annotations
@@ -41,27 +50,34 @@ import json
 import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from prefopt.errors import ConfigError
+
 LABELS = ("A>>B", "A>B", "A=B", "B>A", "B>>A")
 DEFAULT_BASELINE = "gpt-4-0314"
-DEFAULT_TEMPLATE = "arena_hard"
-USER_SPLIT = "=== USER MESSAGE ==="
-TEMPLATE_FIELDS = ("question", "answer_a", "answer_b")
 STRONG_WEIGHT = 3
 BOOTSTRAP_ROUNDS = 100
+BOOTSTRAP_SEED = 42  # arena-hard-auto v0.1 utils_math.py: np.random.seed(42)
+VERDICT_RULES = ("official", "last")
+BOOTSTRAP_RULES = ("battles", "questions")
+V01_COMMIT = "3071ef95d913bb5cd632641db336a3b6c7fe4bdd"  # the last arena-hard-auto commit with the v0.1 layout
+JUDGE_CONFIG = "config/judge_config.yaml"
+# The v0.1 config's regex_pattern, used when a config has none (arena-hard-auto v0.1 config/judge_config.yaml).
+OFFICIAL_PATTERN = r"\[\[([AB<>=]+)\]\]"
 
 OFFICIAL_SOURCE = (
-    "the official files come from the arena-hard-auto repository (github.com/lmarena/arena-hard-auto, formerly "
-    "lm-sys/arena-hard-auto) or the Hugging Face dataset lmarena-ai/arena-hard-auto-v0.1: "
-    "data/arena-hard-v0.1/question.jsonl (500 questions) and data/arena-hard-v0.1/model_answer/gpt-4-0314.jsonl "
-    "(the baseline's answers); download them elsewhere and copy them here, this code never downloads"
+    "check out arena-hard-auto (github.com/lmarena/arena-hard-auto) at its last v0.1 commit "
+    f"{V01_COMMIT[:12]} and pass its folder as --arena-hard-dir; it holds config/judge_config.yaml, "
+    "data/arena-hard-v0.1/question.jsonl (500 questions) and data/arena-hard-v0.1/model_answer/gpt-4-0314.jsonl; "
+    "this code never downloads"
 )
 
-# A [[...]] token that looks like a verdict: only A/B (any case), <, >, = and spaces inside.
+# Our "last" rule: a [[...]] token that looks like a verdict: only A/B (any case), <, >, = and spaces inside.
 _VERDICT_TOKEN = re.compile(r"\[\[([ABab<>= ]{1,20})\]\]")
 
 
@@ -70,15 +86,39 @@ _VERDICT_TOKEN = re.compile(r"\[\[([ABab<>= ]{1,20})\]\]")
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def parse_verdict(text: str | None) -> str | None:
-    """The verdict label of a judge's answer (one of :data:`LABELS`), or ``None`` when invalid (see module doc)."""
+def _check_rule(rule: str) -> None:
+    if rule not in VERDICT_RULES:
+        raise ConfigError(f"verdict rule must be one of {', '.join(VERDICT_RULES)}, got {rule!r}")
+
+
+def verdict_status(text: str | None, rule: str = "official", pattern: str | re.Pattern | None = None
+                   ) -> tuple[str | None, bool]:
+    """``(verdict or None, no label found)`` of a judgement under ``rule`` (see the module doc).
+
+    The second value says whether the judge may be asked again: under ``"official"`` only when the pattern matched
+    nothing (two different labels are final: arena-hard-auto v0.1 gen_judgment.py ``get_score``); under ``"last"``
+    when no verdict-like token is present."""
+    _check_rule(rule)
     if not isinstance(text, str):
-        return None
-    tokens = _VERDICT_TOKEN.findall(text)
-    if not tokens:
-        return None
-    last = tokens[-1]
-    return last if last in LABELS else None
+        return None, True
+    if rule == "last":
+        tokens = _VERDICT_TOKEN.findall(text)
+        if not tokens:
+            return None, True
+        return (tokens[-1] if tokens[-1] in LABELS else None), False
+    regex = re.compile(pattern or OFFICIAL_PATTERN) if not isinstance(pattern, re.Pattern) else pattern
+    found = {m for m in regex.findall(text) if m != ""}
+    if not found:
+        return None, True
+    if len(found) > 1:
+        return None, False
+    label = found.pop()
+    return (label if label in LABELS else None), False
+
+
+def parse_verdict(text: str | None, rule: str = "official", pattern: str | re.Pattern | None = None) -> str | None:
+    """The verdict label of a judge's answer (one of :data:`LABELS`), or ``None`` when the game is dropped."""
+    return verdict_status(text, rule, pattern)[0]
 
 
 def game_outcome(verdict: str | None, game: int) -> tuple[str, int] | None:
@@ -196,20 +236,79 @@ def bt_win_rates(judgements: Sequence[Mapping[str, Any]], baseline: str = DEFAUL
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def battle_rows(judgements: Iterable[Mapping[str, Any]]) -> list[tuple[str, float]]:
+    """The battle rows of show_result.py (arena-hard-auto v0.1): ``(model, score of the model)`` per valid game, in
+    record order, a strong verdict repeated 3 times; the rows the ``"battles"`` bootstrap resamples."""
+    rows = []
+    for j in judgements:
+        result = game_outcome(j["verdict"], int(j["game"]))
+        if result is not None:
+            rows += [(j["model"], _score_of(result[0]))] * result[1]
+    return rows
+
+
+def _rows_win_rates(rows: Sequence[tuple[str, float]], baseline: str) -> dict[str, float]:
+    """Bradley–Terry strengths (natural log) of the models in these battle rows, aggregated to weighted battles."""
+    weights: dict[tuple[str, float], float] = {}
+    for model, score in rows:
+        weights[(model, score)] = weights.get((model, score), 0.0) + 1.0
+    theta = fit_bradley_terry([(m, baseline, sc, w) for (m, sc), w in weights.items()], anchor=baseline)
+    return {m: t - theta[baseline] for m, t in theta.items() if m != baseline}
+
+
+def _bootstrap_strengths(judgements, models, baseline, rounds, seed, rule) -> dict[str, np.ndarray]:
+    samples = {m: [] for m in models}
+    if rule == "battles":
+        # arena-hard-auto v0.1 utils_math.py get_bootstrap_result: battles.sample(frac=1.0, replace=True), 100 times,
+        # from the global RandomState seeded 42; DataFrame.sample draws RandomState.choice(n, size=n, replace=True).
+        rows = battle_rows(judgements)
+        rs = np.random.RandomState(seed)
+        for _ in range(rounds):
+            pick = rs.choice(len(rows), size=len(rows), replace=True) if rows else []
+            theta = _rows_win_rates([rows[k] for k in pick], baseline)
+            for m in models:
+                samples[m].append(theta.get(m, math.nan))
+    else:
+        by_question: dict[Any, list[Mapping[str, Any]]] = {}
+        for j in judgements:
+            by_question.setdefault(j["question_id"], []).append(j)
+        qids = sorted(by_question, key=str)
+        rng = np.random.default_rng(seed)
+        for _ in range(rounds):
+            pick = rng.integers(0, len(qids), size=len(qids))
+            theta = fit_bradley_terry(judgement_battles([j for k in pick for j in by_question[qids[k]]], baseline),
+                                      anchor=baseline)
+            for m in models:
+                samples[m].append(theta[m] - theta[baseline] if m in theta else math.nan)
+    return {m: np.array(v, dtype=float) for m, v in samples.items()}
+
+
+def _recorded_rule(judgements: Sequence[Mapping[str, Any]]) -> str | None:
+    rules = {j.get("verdict_rule") for j in judgements}
+    if len(rules) > 1:
+        raise ConfigError(f"the judgements mix verdict rules {sorted(map(str, rules))}; score each rule apart")
+    return rules.pop()
+
+
 def score_judgements(
     judgements: Sequence[Mapping[str, Any]],
     *,
     baseline: str = DEFAULT_BASELINE,
     bootstrap: int = BOOTSTRAP_ROUNDS,
-    seed: int = 0,
+    seed: int = BOOTSTRAP_SEED,
+    bootstrap_rule: str = "battles",
 ) -> dict:
     """Arena-Hard scores from judgement records ``{question_id, model, game (1|2), verdict (label or None)}``.
 
-    Returns ``{"baseline", "bootstrap", "seed", "models": {model: {...}}}`` where each model has ``win_rate`` (% vs
-    the baseline, BT fit on all data), ``ci`` ([lo, hi], 2.5/97.5% quantiles over ``bootstrap`` question
-    resamples), ``ci_minus``/``ci_plus`` (distances from the point estimate), ``win_share`` (% weighted share,
-    equal to ``win_rate`` in this model-vs-baseline setting), ``counts`` (per label and ``invalid``), ``games``,
-    ``valid_games``, ``invalid``, ``questions``, ``battles`` (weighted: strong verdicts count 3)."""
+    Returns ``{"baseline", "bootstrap", "seed", "bootstrap_rule", "verdict_rule", "models": {model: {...}}}`` where
+    each model has ``win_rate`` (% vs the baseline, BT fit on all data), ``ci`` ([lo, hi]: the 2.5 / 97.5
+    percentiles of the bootstrap strengths as win rates), ``ci_minus``/``ci_plus`` (distances from the point
+    estimate), ``win_share`` (% weighted share, equal to ``win_rate`` here), ``counts`` (per label and ``invalid``),
+    ``games``, ``valid_games``, ``invalid``, ``questions``, ``battles`` (weighted: strong verdicts count 3),
+    ``bootstrap_rule`` and ``verdict_rule`` (the records' ``verdict_rule``, None when they do not say).
+    ``bootstrap_rule``: ``"battles"`` (official) or ``"questions"`` (ours); see the module doc."""
+    if bootstrap_rule not in BOOTSTRAP_RULES:
+        raise ConfigError(f"bootstrap rule must be one of {', '.join(BOOTSTRAP_RULES)}, got {bootstrap_rule!r}")
     if not judgements:
         raise ValueError("no judgements to score")
     for j in judgements:
@@ -218,22 +317,10 @@ def score_judgements(
             raise ValueError(f"judgement record lacks {sorted(missing)}: {dict(j)!r}")
         if j["model"] == baseline:
             raise ValueError(f"model name {baseline!r} is the baseline's")
+    verdict_rule = _recorded_rule(judgements)
     models = sorted({j["model"] for j in judgements})
-    by_question: dict[Any, list[Mapping[str, Any]]] = {}
-    for j in judgements:
-        by_question.setdefault(j["question_id"], []).append(j)
-    qids = sorted(by_question, key=str)
-
     point = bt_win_rates(judgements, baseline)
-    rng = np.random.default_rng(seed)
-    samples = {m: [] for m in models}
-    for _ in range(bootstrap):
-        pick = rng.integers(0, len(qids), size=len(qids))
-        sample = [j for k in pick for j in by_question[qids[k]]]
-        rates = bt_win_rates(sample, baseline)
-        for m in models:
-            if m in rates and not math.isnan(rates[m]):
-                samples[m].append(rates[m])
+    boot = _bootstrap_strengths(judgements, models, baseline, bootstrap, seed, bootstrap_rule)
 
     out_models = {}
     for m in models:
@@ -243,8 +330,12 @@ def score_judgements(
         battles = judgement_battles(mine, baseline)
         total = sum(b[3] for b in battles)
         share = 100.0 * sum(b[2] * b[3] for b in battles) / total if total else float("nan")
-        boot = np.array(samples[m], dtype=float)
-        lo, hi = (float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))) if len(boot) else (math.nan,) * 2
+        strengths = boot[m]
+        if len(strengths) and np.isfinite(strengths).all():
+            # show_result.py: np.percentile of the bootstrap ratings, then the ratings' win rates
+            lo, hi = (100.0 * _sigmoid(float(np.percentile(strengths, q))) for q in (2.5, 97.5))
+        else:
+            lo, hi = math.nan, math.nan
         out_models[m] = {
             "win_rate": point[m],
             "ci": [lo, hi],
@@ -257,8 +348,11 @@ def score_judgements(
             "invalid": counts["invalid"],
             "questions": len({j["question_id"] for j in mine}),
             "battles": total,
+            "bootstrap_rule": bootstrap_rule,
+            "verdict_rule": verdict_rule,
         }
-    return {"baseline": baseline, "bootstrap": bootstrap, "seed": seed, "models": out_models}
+    return {"baseline": baseline, "bootstrap": bootstrap, "seed": seed, "bootstrap_rule": bootstrap_rule,
+            "verdict_rule": verdict_rule, "models": out_models}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -344,27 +438,145 @@ def _check_answers(questions, model_answers, baseline_answers) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The LLM judge
+# The user's arena-hard-auto checkout (v0.1 layout)
 # ---------------------------------------------------------------------------------------------------------------
 
-
-def load_template(name_or_path: str | os.PathLike = DEFAULT_TEMPLATE):
-    """The Arena-Hard judge template as a :class:`prefopt.judges.JudgeTemplate` (same file format and sha256 over the
-    whole file, so editing it invalidates the cache), with Arena-Hard's fields {question}, {answer_a}, {answer_b}."""
-    from prefopt.judges import JudgeTemplate
-
-    return JudgeTemplate.load(name_or_path, fields=TEMPLATE_FIELDS)
+# Our wording, used only when a checkout's gen_judgment.py holds no retry request (recorded in the result).
+FALLBACK_RETRY_REQUEST = "Please finish your judgement now and end it with one verdict label in double brackets."
 
 
-def render_messages(template, question: str, answer_a: str, answer_b: str) -> list[dict]:
-    """The chat messages for one game: the part of the body above ``=== USER MESSAGE ===`` as the system message
-    (when present), the rest as the user message; fields filled in one pass (braces in answers are left alone)."""
-    values = {"question": question, "answer_a": answer_a, "answer_b": answer_b}
-    filled = re.sub(r"\{(question|answer_a|answer_b)\}", lambda m: values[m.group(1)], template.body)
-    parts = re.split(rf"^{re.escape(USER_SPLIT)}[ \t]*$\n?", filled, maxsplit=1, flags=re.MULTILINE)
-    if len(parts) == 2:
-        return [{"role": "system", "content": parts[0].strip("\n")}, {"role": "user", "content": parts[1].strip("\n")}]
-    return [{"role": "user", "content": filled}]
+def retry_request(gen_judgment: str | os.PathLike) -> str | None:
+    """The user message arena-hard-auto v0.1's ``gen_judgment.py`` appends before asking again, read from the file
+    (its only ``.append({"role": "user", "content": <string literal>})``), or None when there is none."""
+    import ast
+
+    try:
+        tree = ast.parse(Path(gen_judgment).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "append"
+                and len(node.args) == 1 and isinstance(node.args[0], ast.Dict)):
+            continue
+        fields = {k.value: v for k, v in zip(node.args[0].keys, node.args[0].values)
+                  if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+        role, content = fields.get("role"), fields.get("content")
+        if (isinstance(role, ast.Constant) and role.value == "user" and isinstance(content, ast.Constant)
+                and isinstance(content.value, str)):
+            return content.value
+    return None
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """The judge configuration of an arena-hard-auto v0.1 checkout (``config/judge_config.yaml``), read at run time.
+
+    ``prompt_templates``: the config's ``prompt_template`` list (one user message each); ``attempts``: its
+    ``number_of_judgment_attempts``; ``retry_request``: the request gen_judgment.py appends before asking again
+    (``retry_request_source`` says where it came from); ``sha256``: over the config file and the retry request, so
+    an edited config is a new cache key."""
+
+    system_prompt: str
+    prompt_templates: tuple[str, ...]
+    attempts: int
+    temperature: float
+    max_tokens: int
+    regex_pattern: str
+    bench_name: str
+    baseline_model: str
+    judge_model: str | None
+    retry_request: str
+    retry_request_source: str
+    source: str
+    sha256: str
+
+    def messages(self, question: str, answer_a: str, answer_b: str) -> list[dict]:
+        """The conversation of one game (arena-hard-auto v0.1 gen_judgment.py): system prompt, then each template
+        filled with ``str.format(question_1=, answer_1=, answer_2=)``."""
+        conv = [{"role": "system", "content": self.system_prompt}]
+        for template in self.prompt_templates:
+            try:
+                user = template.format(question_1=question, answer_1=answer_a, answer_2=answer_b)
+            except (KeyError, IndexError, ValueError) as error:
+                raise ConfigError(f"{self.source}: prompt_template cannot be filled with question_1, answer_1, "
+                                  f"answer_2 ({type(error).__name__}: {error})") from None
+            conv.append({"role": "user", "content": user})
+        return conv
+
+    def record(self) -> dict:
+        """What a result JSON records of the judge configuration (no prompt text)."""
+        return {"source": self.source, "sha256": self.sha256, "bench_name": self.bench_name,
+                "baseline_model": self.baseline_model, "judge_model_official": self.judge_model,
+                "attempts": self.attempts, "temperature": self.temperature, "max_tokens": self.max_tokens,
+                "regex_pattern": self.regex_pattern, "retry_request_source": self.retry_request_source}
+
+
+def load_judge_config(arena_hard_dir: str | os.PathLike) -> JudgeConfig:
+    """The :class:`JudgeConfig` of an arena-hard-auto checkout at the v0.1 layout; a one-line
+    :class:`~prefopt.errors.ConfigError` when the folder, the file or a field is missing or malformed."""
+    import hashlib
+
+    import yaml
+
+    root = Path(arena_hard_dir)
+    path = root / JUDGE_CONFIG
+    if not root.is_dir():
+        raise ConfigError(f"no arena-hard-auto checkout at {root}: {OFFICIAL_SOURCE}")
+    if not path.is_file():
+        newer = " (this looks like the newer v2 layout)" if (root / "config" / "arena-hard-v0.1.yaml").is_file() else ""
+        raise ConfigError(f"{path} not found{newer}: {OFFICIAL_SOURCE}")
+    raw = path.read_bytes()
+    try:
+        doc = yaml.safe_load(raw.decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    missing = [k for k in ("system_prompt", "prompt_template", "number_of_judgment_attempts", "temperature",
+                           "max_tokens", "bench_name", "baseline_model") if doc.get(k) is None]
+    if missing:
+        raise ConfigError(f"{path} lacks {', '.join(missing)} (arena-hard-auto v0.1 judge_config.yaml fields)")
+    templates = doc["prompt_template"]
+    templates = [templates] if isinstance(templates, str) else templates
+    if not (isinstance(doc["system_prompt"], str) and isinstance(templates, list) and templates
+            and all(isinstance(t, str) for t in templates)):
+        raise ConfigError(f"{path}: system_prompt must be a string and prompt_template a list of strings")
+    try:
+        attempts, temperature, max_tokens = (int(doc["number_of_judgment_attempts"]), float(doc["temperature"]),
+                                             int(doc["max_tokens"]))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}: number_of_judgment_attempts, temperature and max_tokens must be numbers") from None
+    if attempts < 1 or max_tokens < 1:
+        raise ConfigError(f"{path}: number_of_judgment_attempts and max_tokens must be >= 1")
+    pattern = doc.get("regex_pattern") or OFFICIAL_PATTERN
+    try:
+        re.compile(pattern)
+    except re.error as error:
+        raise ConfigError(f"{path}: regex_pattern {pattern!r} is not a regular expression ({error})") from None
+    found = retry_request(root / "gen_judgment.py")
+    retry, retry_source = ((found, str(root / "gen_judgment.py")) if found is not None
+                           else (FALLBACK_RETRY_REQUEST, "prefopt (no retry request found in gen_judgment.py)"))
+    sha = hashlib.sha256(raw + b"\0" + retry.encode("utf-8")).hexdigest()
+    return JudgeConfig(system_prompt=doc["system_prompt"], prompt_templates=tuple(templates), attempts=attempts,
+                       temperature=temperature, max_tokens=max_tokens, regex_pattern=str(pattern),
+                       bench_name=str(doc["bench_name"]), baseline_model=str(doc["baseline_model"]),
+                       judge_model=None if doc.get("judge_model") is None else str(doc["judge_model"]),
+                       retry_request=retry, retry_request_source=retry_source, source=str(path), sha256=sha)
+
+
+def checkout_questions_path(arena_hard_dir: str | os.PathLike, bench_name: str = "arena-hard-v0.1") -> Path:
+    """``<checkout>/data/<bench_name>/question.jsonl`` (arena-hard-auto v0.1 gen_judgment.py)."""
+    return Path(arena_hard_dir) / "data" / bench_name / "question.jsonl"
+
+
+def checkout_answers_path(arena_hard_dir: str | os.PathLike, model: str, bench_name: str = "arena-hard-v0.1") -> Path:
+    """``<checkout>/data/<bench_name>/model_answer/<model>.jsonl``."""
+    return Path(arena_hard_dir) / "data" / bench_name / "model_answer" / f"{model}.jsonl"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The LLM judge
+# ---------------------------------------------------------------------------------------------------------------
 
 
 class ArenaJudge(Protocol):
@@ -381,24 +593,49 @@ class ArenaJudge(Protocol):
 
 
 class LLMArenaJudge:
-    """Arena-Hard's LLM judge: the template's messages (:func:`render_messages`) sent through a
-    :class:`prefopt.judges.JudgeClient` (``complete`` at temperature 0, the template's (name, sha256) in the cache key,
-    so a rerun costs no calls), or through any callable ``messages -> answer text``."""
+    """Arena-Hard's LLM judge: :meth:`JudgeConfig.messages` sent through a :class:`prefopt.judges.JudgeClient`
+    (``complete`` at the config's temperature and max tokens, the config's sha256 in the cache key, so a rerun costs
+    no calls), or through any callable ``messages -> answer text``, with the official retry (module doc).
 
-    def __init__(self, client: Any, template: Any = DEFAULT_TEMPLATE, *, max_tokens: int = 4096):
+    ``attempts`` overrides the config's ``number_of_judgment_attempts``; ``verdict_rule`` decides when no label was
+    found."""
+
+    def __init__(self, client: Any, config: JudgeConfig, *, verdict_rule: str = "official",
+                 attempts: int | None = None):
         if not (hasattr(client, "complete") or callable(client)):
             raise TypeError("judge must be a JudgeClient (with .complete) or a callable messages -> text")
-        self.client, self.max_tokens = client, max_tokens
-        self.template = template if hasattr(template, "body") else load_template(template)
+        if not isinstance(config, JudgeConfig):
+            raise TypeError("config must be a JudgeConfig (load_judge_config(arena_hard_dir))")
+        _check_rule(verdict_rule)
+        if attempts is not None and (isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1):
+            raise ConfigError(f"judge attempts must be an integer >= 1, got {attempts!r}")
+        self.client, self.config, self.verdict_rule = client, config, verdict_rule
+        self.attempts = attempts if attempts is not None else config.attempts
         self.concurrent = hasattr(client, "complete")
         self.name = str(getattr(client, "model", None) or getattr(client, "__name__", "judge"))
 
-    def judge_game(self, question: str, answer_a: str, answer_b: str) -> Mapping[str, Any]:
-        messages = render_messages(self.template, question, answer_a, answer_b)
+    def _ask(self, messages: list[dict]) -> dict:
         if self.concurrent:
-            return self.client.complete(messages, temperature=0.0, max_tokens=self.max_tokens,
-                                        template_id=(self.template.name, self.template.sha256))
+            return self.client.complete(messages, temperature=self.config.temperature,
+                                        max_tokens=self.config.max_tokens,
+                                        template_id=(f"arena-hard/{self.config.bench_name}", self.config.sha256))
         return {"content": self.client(messages), "cached": False}
+
+    def judge_game(self, question: str, answer_a: str, answer_b: str) -> Mapping[str, Any]:
+        conv = self.config.messages(question, answer_a, answer_b)
+        judgement, cached, used = "", True, 0
+        # arena-hard-auto v0.1 gen_judgment.py: judgment += "\n" + new_judgment; the label is read from all of it
+        for attempt in range(self.attempts):
+            res = self._ask(list(conv))
+            used += 1
+            cached = cached and bool(res.get("cached"))
+            content = res["content"] or ""
+            judgement += "\n" + content
+            _, again = verdict_status(judgement, self.verdict_rule, self.config.regex_pattern)
+            if not again or attempt == self.attempts - 1:
+                break
+            conv += [{"role": "assistant", "content": content}, {"role": "user", "content": self.config.retry_request}]
+        return {"content": judgement, "cached": cached, "attempts": used}
 
 
 def judge_answers(
@@ -407,22 +644,30 @@ def judge_answers(
     model_answers: Mapping[str, Mapping[str, str]],
     baseline_answers: Mapping[str, str],
     *,
-    template: Any = DEFAULT_TEMPLATE,
-    max_tokens: int = 4096,
+    config: JudgeConfig | None = None,
+    verdict_rule: str = "official",
+    attempts: int | None = None,
     workers: int = 8,
     progress: bool = False,
 ) -> list[dict]:
     """Judge every model's answer against the baseline's, two games per question (game 1: baseline = A).
 
     ``judge``: an :class:`ArenaJudge`, or a :class:`prefopt.judges.JudgeClient` / callable ``messages -> answer
-    text``, wrapped in :class:`LLMArenaJudge` with ``template`` and ``max_tokens``. ``model_answers``: ``{model:
-    {question_id: text}}``; ``baseline_answers``: ``{question_id: text}``. Returns one record per game, in (model,
-    question, game) order: ``{question_id, model, game, verdict (label or None), judgement (the raw answer),
-    cached}``."""
+    text``, wrapped in :class:`LLMArenaJudge` with ``config`` (required then), ``verdict_rule`` and ``attempts``.
+    ``model_answers``: ``{model: {question_id: text}}``; ``baseline_answers``: ``{question_id: text}``. Returns one
+    record per game, in (model, question, game) order: ``{question_id, model, game, verdict (label or None),
+    verdict_rule, judgement (the raw answer), attempts, cached}``."""
     from prefopt.judges import _run_pool
 
     if not hasattr(judge, "judge_game"):
-        judge = LLMArenaJudge(judge, template, max_tokens=max_tokens)
+        if config is None:
+            raise ConfigError("judging through a judge client needs the judge config: "
+                              "load_judge_config(arena_hard_dir)")
+        judge = LLMArenaJudge(judge, config, verdict_rule=verdict_rule, attempts=attempts)
+    rule = getattr(judge, "verdict_rule", verdict_rule)
+    _check_rule(rule)
+    pattern = judge.config.regex_pattern if isinstance(getattr(judge, "config", None), JudgeConfig) else (
+        config.regex_pattern if config is not None else None)
     _check_answers(questions, model_answers, baseline_answers)
     games = []
     for model in model_answers:
@@ -434,7 +679,8 @@ def judge_answers(
     results = _run_pool(calls, workers=workers if getattr(judge, "concurrent", False) else 1, progress=progress,
                         desc="arena-hard")
     return [
-        {"question_id": qid, "model": model, "game": game, "verdict": parse_verdict(r["content"]),
-         "judgement": r["content"], "cached": bool(r.get("cached"))}
+        {"question_id": qid, "model": model, "game": game, "verdict": parse_verdict(r["content"], rule, pattern),
+         "verdict_rule": rule, "judgement": r["content"], "attempts": int(r.get("attempts", 1)),
+         "cached": bool(r.get("cached"))}
         for (model, qid, game, _), r in zip(games, results)
     ]

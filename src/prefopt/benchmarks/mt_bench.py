@@ -11,9 +11,12 @@ fschat). Messages are ``[system: prompt.system_prompt, user: prompt_template fil
 with 2048 new tokens through :meth:`prefopt.judges.JudgeClient.complete`, so every judgement is cached on disk and a
 rerun never pays twice. The cache key includes the judge prompt's name and the sha256 of its JSON record.
 
-Rating parse (:func:`parse_rating`) is stricter than fschat's: the LAST ``[[x]]`` in the answer, x a number with
-1 <= x <= 10; anything else (fschat's single-bracket ``[x]`` fallback included) is invalid. Invalid ratings are
-counted and excluded from every mean, as fschat's ``show_result.py`` drops score -1. Score = mean over all valid
+Rating parse (:func:`parse_rating`), ``rating_parse="fschat"`` by default (fschat llm_judge/common.py
+``run_judge_single``): the FIRST ``[[x]]`` (x: digits, an optional point, digits), else the first ``[x]``, read as a
+Python literal; no range check, so 0 and 11 count. fschat's ``ast.literal_eval`` raises on an integer with a leading
+zero (``[[07]]``) and its run stops; we count that rating invalid. ``rating_parse="strict"`` (ours,
+``--rating-parse strict``): the LAST ``[[x]]``, 1 <= x <= 10, no fallback. Invalid ratings are counted and excluded
+from every mean, as fschat's ``show_result.py`` drops score -1; each record and the score say which parse was used. Score = mean over all valid
 (question, turn) ratings, with per-turn and per-category means (:func:`score_ratings`).
 
 Answers use fschat's model-answer format: ``{"question_id", "model_id", "choices": [{"index": 0, "turns": [a1,
@@ -198,13 +201,34 @@ def generate_two_turn(questions: Sequence[Question], generate_fn: Callable, *, m
 # Grading
 # ----------------------------------------------------------------------------------------------------------------------
 
+RATING_PARSES = ("fschat", "strict")
 _RATING = re.compile(r"\[\[\s*([0-9]+(?:\.[0-9]+)?)\s*\]\]")
+# fschat llm_judge/common.py one_score_pattern and one_score_pattern_backup (Unicode \d, as there)
+_FSCHAT_RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
+_FSCHAT_RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
+_PY_INT = re.compile(r"(?:0+|[1-9][0-9]*)", re.ASCII)
+_PY_FLOAT = re.compile(r"[0-9]+\.[0-9]*", re.ASCII)
 
 
-def parse_rating(text: str | None) -> float | None:
-    """The LAST ``[[x]]`` in ``text`` as a float when 1 <= x <= 10, else None (invalid)."""
+def _python_number(token: str) -> float | None:
+    """``ast.literal_eval`` of a matched token as fschat applies it, None where it raises (leading-zero integers,
+    non-ASCII digits)."""
+    if _PY_INT.fullmatch(token) or _PY_FLOAT.fullmatch(token):
+        return float(token)
+    return None
+
+
+def parse_rating(text: str | None, rule: str = "fschat") -> float | None:
+    """The rating of a judge's answer under ``rule`` (see the module doc), None when invalid."""
+    if rule not in RATING_PARSES:
+        from prefopt.errors import ConfigError
+
+        raise ConfigError(f"rating parse must be one of {', '.join(RATING_PARSES)}, got {rule!r}")
     if not isinstance(text, str):
         return None
+    if rule == "fschat":
+        match = _FSCHAT_RATING.search(text) or _FSCHAT_RATING_BACKUP.search(text)
+        return _python_number(match.group(1)) if match else None
     found = _RATING.findall(text)
     if not found:
         return None
@@ -234,37 +258,40 @@ class LLMRatingJudge:
 
     concurrent = True
 
-    def __init__(self, client, prompts: Mapping[str, JudgePrompt], *, max_tokens: int = JUDGE_MAX_TOKENS):
-        self.client, self.prompts, self.max_tokens = client, prompts, max_tokens
+    def __init__(self, client, prompts: Mapping[str, JudgePrompt], *, max_tokens: int = JUDGE_MAX_TOKENS,
+                 rating_parse: str = "fschat"):
+        parse_rating(None, rating_parse)  # checks the rule
+        self.client, self.prompts, self.max_tokens, self.rating_parse = client, prompts, max_tokens, rating_parse
         self.name = client.model
 
     def rate(self, question: Question, answer_turns: Sequence[str], turn: int) -> Mapping[str, Any]:
         prompt, messages = judge_messages(self.prompts, question, answer_turns, turn)
         res = self.client.complete(messages, temperature=0.0, max_tokens=self.max_tokens,
                                    template_id=(f"mt-bench/{prompt.name}", prompt.sha256))
-        rating = parse_rating(res["content"])
+        rating = parse_rating(res["content"], self.rating_parse)
         if rating is None:
             logger.debug("MT-Bench q%s turn %d: invalid rating, answer starts %r", question.question_id, turn,
                          res["content"][:80])
         return {"rating": rating, "judgment": res["content"], "judge_prompt": prompt.name,
-                "cached": bool(res.get("cached"))}
+                "cached": bool(res.get("cached")), "rating_parse": self.rating_parse}
 
 
 def grade_answers(judge, questions: Sequence[Question], answers: Mapping[Any, Mapping[str, Any]] | Sequence[Mapping],
                   prompts: Mapping[str, JudgePrompt] | None = None, *, max_tokens: int = JUDGE_MAX_TOKENS,
-                  workers: int = 8, progress: bool = True) -> list[dict]:
+                  workers: int = 8, progress: bool = True, rating_parse: str = "fschat") -> list[dict]:
     """Grade both turns of every answered question with ``judge``: a :class:`RatingJudge`, or a
     :class:`prefopt.judges.JudgeClient` graded with ``prompts`` (:class:`LLMRatingJudge`).
 
     Returns one record per (question, turn): ``{"question_id", "model_id", "category", "turn", "rating" (float or
-    None = invalid), "judge", "judge_prompt", "judgment", "cached"}`` plus the judge's extra fields. Questions without
-    an answer are skipped (and logged)."""
+    None = invalid), "judge", "judge_prompt", "judgment", "cached"}`` plus the judge's extra fields
+    (:class:`LLMRatingJudge` adds ``rating_parse``, the parse used: ``rating_parse``). Questions without an answer
+    are skipped (and logged)."""
     from prefopt.judges import _run_pool
 
     if not hasattr(judge, "rate"):
         if prompts is None:
             raise ValueError("grading through a judge client needs the judge prompts (load_judge_prompts)")
-        judge = LLMRatingJudge(judge, prompts, max_tokens=max_tokens)
+        judge = LLMRatingJudge(judge, prompts, max_tokens=max_tokens, rating_parse=rating_parse)
     if not isinstance(answers, Mapping):
         answers = {a["question_id"]: a for a in answers}
     jobs = []
@@ -298,8 +325,15 @@ def score_ratings(records: Iterable[Mapping[str, Any]]) -> dict:
     """MT-Bench score from per-(question, turn) records with ``rating`` (None = invalid), ``category``, ``turn``.
 
     Returns ``{"score", "n_ratings" (valid), "n_invalid", "per_turn": {"1": mean, "2": mean}, "per_category":
-    {category: mean}, "n_per_category": {category: valid count}, "invalid_policy"}``; a mean over no valid rating is
-    None. Categories: MT-Bench's eight in their usual order, then any others (small world topics) sorted."""
+    {category: mean}, "n_per_category": {category: valid count}, "invalid_policy", "rating_parse"}``; a mean over no
+    valid rating is None. ``rating_parse`` is the records' (None when they do not say); records of different parses
+    raise :class:`~prefopt.errors.ConfigError`. Categories: MT-Bench's eight in their usual order, then any others (small world topics) sorted."""
+    records = list(records)
+    parses = {r.get("rating_parse") for r in records}
+    if len(parses) > 1:
+        from prefopt.errors import ConfigError
+
+        raise ConfigError(f"the ratings mix parses {sorted(map(str, parses))}; score each parse apart")
     valid, invalid = [], 0
     by_turn: dict[str, list[float]] = {}
     by_cat: dict[str, list[float]] = {}
@@ -323,4 +357,5 @@ def score_ratings(records: Iterable[Mapping[str, Any]]) -> dict:
         "per_category": {c: _mean(by_cat[c]) for c in order},
         "n_per_category": {c: len(by_cat[c]) for c in order},
         "invalid_policy": INVALID_POLICY,
+        "rating_parse": parses.pop() if parses else None,
     }

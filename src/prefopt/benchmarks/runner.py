@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = "eval/data"
 ANSWER_SUFFIX = {"alpaca_eval": ".json", "arena_hard": ".jsonl", "mt_bench": ".jsonl"}
+ARENA_HARD_DIR_HELP = ("your checkout of arena-hard-auto at its last v0.1 commit (config/judge_config.yaml, "
+                       "data/arena-hard-v0.1/); the judge prompt, questions and baseline answers are read from it")
 MAKE_EVAL_DATA = "run `make eval-data` (python -m prefopt.benchmarks.eval_data --dest {dest}) to fetch it"
 
 
@@ -153,14 +155,16 @@ def generate_answers(
     batch_size: int = 8,
     backend: str = "auto",
     arena_questions: Optional[str | os.PathLike] = None,
+    arena_hard_dir: Optional[str | os.PathLike] = None,
     progress: bool = True,
 ) -> Path:
     """Generate ``model_path``'s answers to ``benchmark`` with ``family``'s settings; returns the answers file.
 
     ``family``: a name under ``eval/generation`` (llama3, gemma2, mistral, qwen2) or a YAML path. ``model_name``
     (default: the model folder's name) is the generator / model id written into the answers. ``limit`` keeps the
-    first N prompts (quick runs). ``arena_questions``: Arena-Hard's ``question.jsonl`` (default
-    ``<data_dir>/arena_hard/question.jsonl``). Missing data raises :class:`BenchDataError` before any model loads."""
+    first N prompts (quick runs). ``arena_questions``: Arena-Hard's ``question.jsonl`` (default: the one in
+    ``arena_hard_dir``, the arena-hard-auto checkout, else ``<data_dir>/arena_hard/question.jsonl``). Missing data
+    raises :class:`BenchDataError` before any model loads."""
     from prefopt import sample
 
     _check_benchmark(benchmark)
@@ -177,7 +181,9 @@ def generate_answers(
         data_files["instructions"] = str(path)
         n_prompts = len(records)
     elif benchmark == "arena_hard":
-        qpath = Path(arena_questions) if arena_questions else data_dir / "arena_hard" / "question.jsonl"
+        qpath = (Path(arena_questions) if arena_questions
+                 else ah.checkout_questions_path(arena_hard_dir) if arena_hard_dir
+                 else data_dir / "arena_hard" / "question.jsonl")
         try:
             questions = _take(ah.load_questions(qpath), limit)
         except FileNotFoundError as error:
@@ -274,40 +280,53 @@ def _score_alpaca(answers: Path, client, *, baseline, workers, out_path: Path) -
     annotator = ae.AlpacaAnnotator.load()
     annotations = ae.annotate(ae.load_outputs(answers), baseline_rows, client, annotator=annotator,
                               workers=workers)
-    metrics = ae.compute_metrics(annotations, judge=client.model, template_sha256=annotator.template_sha256)
+    metrics = ae.compute_metrics(annotations, judge=client.model, template_sha256=annotator.template_sha256,
+                                 our_lc=False)
     for key in ("judge", "template_sha256", "alpaca_eval_version"):
         metrics.pop(key, None)
     write_json(_sidecar(out_path, "judgements", ".json"), _finite(annotations))
     return metrics, annotator.template_sha256, f"{ae.BASELINE_GENERATOR} ({baseline})"
 
 
-def _score_arena(answers: Path, client, *, baseline, questions_path: Path, workers, out_path: Path,
-                 model_name: str) -> tuple[dict, str, str]:
-    if baseline is None:
-        raise BenchDataError(f"Arena-Hard needs the {ah.DEFAULT_BASELINE} baseline answers: pass baseline=PATH "
-                             f"(model_answer/{ah.DEFAULT_BASELINE}.jsonl); {ah.OFFICIAL_SOURCE}")
+def _score_arena(answers: Path, client, *, baseline, questions_path: Optional[Path], arena_hard_dir, workers,
+                 out_path: Path, model_name: str, verdict_rule: str, bootstrap_rule: str,
+                 judge_attempts: Optional[int]) -> tuple[dict, str, str]:
+    if arena_hard_dir is None:
+        raise BenchDataError(f"Arena-Hard reads its judge config, questions and baseline answers from your "
+                             f"arena-hard-auto checkout: pass --arena-hard-dir DIR; {ah.OFFICIAL_SOURCE}")
+    config = ah.load_judge_config(arena_hard_dir)
+    questions_path = questions_path or ah.checkout_questions_path(arena_hard_dir, config.bench_name)
+    baseline = Path(baseline) if baseline else ah.checkout_answers_path(arena_hard_dir, config.baseline_model,
+                                                                        config.bench_name)
     try:
         questions = ah.load_questions(questions_path)
         base = ah.load_answers(baseline)
     except FileNotFoundError as error:
-        raise BenchDataError(str(error)) from None
+        raise BenchDataError(str(error).splitlines()[0]) from None
     mine = ah.load_answers(answers)
     asked = [q for q in questions if q["question_id"] in mine]
     if not asked:
         raise DataError(f"{answers} answers none of the {len(questions)} questions of {questions_path}")
     if len(asked) < len(questions):
         logger.warning("Arena-Hard: %d of %d questions answered; judging those only", len(asked), len(questions))
-    template = ah.load_template()
-    records = ah.judge_answers(client, asked, {model_name: mine}, base, template=template, workers=workers)
-    scores = ah.score_judgements(records)["models"][model_name]
+    records = ah.judge_answers(client, asked, {model_name: mine}, base, config=config, verdict_rule=verdict_rule,
+                               attempts=judge_attempts, workers=workers)
+    scored = ah.score_judgements(records, baseline=config.baseline_model, bootstrap_rule=bootstrap_rule)
+    scores = scored["models"][model_name]
     metrics = {"win_rate": scores["win_rate"], "ci": scores["ci"], "counts": scores["counts"],
                "questions": scores["questions"], "questions_total": len(questions),
-               **{k: scores[k] for k in ("ci_minus", "ci_plus", "games", "valid_games", "invalid", "battles")}}
+               **{k: scores[k] for k in ("ci_minus", "ci_plus", "games", "valid_games", "invalid", "battles")},
+               "verdict_rule": verdict_rule, "bootstrap_rule": bootstrap_rule,
+               "bootstrap_rounds": scored["bootstrap"], "bootstrap_seed": scored["seed"],
+               "judge_attempts": judge_attempts or config.attempts,
+               "games_asked_again": sum(r["attempts"] > 1 for r in records),
+               "judge_config": config.record(), "questions_file": str(questions_path)}
     write_jsonl(_sidecar(out_path, "judgements", ".jsonl"), records)
-    return metrics, template.sha256, f"{ah.DEFAULT_BASELINE} ({baseline})"
+    return metrics, config.sha256, f"{config.baseline_model} ({baseline})"
 
 
-def _score_mt(answers: Path, client, *, data_dir, workers, out_path: Path) -> tuple[dict, str, str]:
+def _score_mt(answers: Path, client, *, data_dir, workers, out_path: Path, rating_parse: str
+              ) -> tuple[dict, str, str]:
     d = _mt_bench_dir(data_dir)
     _require(d / "judge_prompts.jsonl", "MT-Bench judge prompts (mt_bench/judge_prompts.jsonl)", data_dir)
     _require(d / "reference_answer" / f"{mt.DEFAULT_REFERENCE}.jsonl",
@@ -315,13 +334,14 @@ def _score_mt(answers: Path, client, *, data_dir, workers, out_path: Path) -> tu
     questions = mt.load_questions(d)
     prompts = mt.load_judge_prompts(d)
     mine = mt.load_answers(answers)
-    records = mt.grade_answers(client, questions, mine, prompts, workers=workers, progress=False)
+    records = mt.grade_answers(client, questions, mine, prompts, workers=workers, progress=False,
+                               rating_parse=rating_parse)
     s = mt.score_ratings(records)
     metrics = {"score": s["score"], "per_turn": s["per_turn"], "per_category": s["per_category"],
                "n_invalid": s["n_invalid"], "n": len({r["question_id"] for r in records}),
                "n_ratings": s["n_ratings"], "questions_total": len(questions), "invalid_policy": s["invalid_policy"],
                "judge_prompts_sha256": {name: p.sha256 for name, p in prompts.items()},
-               "reference": mt.DEFAULT_REFERENCE}
+               "reference": mt.DEFAULT_REFERENCE, "rating_parse": s["rating_parse"]}
     write_jsonl(_sidecar(out_path, "judgements", ".jsonl"), records)
     return metrics, _sha256_file(d / "judge_prompts.jsonl"), "none (single-answer grading)"
 
@@ -337,13 +357,23 @@ def score_answers(
     baseline: Optional[str | os.PathLike] = None,
     workers: int = 8,
     arena_questions: Optional[str | os.PathLike] = None,
+    arena_hard_dir: Optional[str | os.PathLike] = None,
+    verdict_rule: str = "official",
+    bootstrap_rule: str = "battles",
+    judge_attempts: Optional[int] = None,
+    rating_parse: str = "fschat",
 ) -> dict:
     """Judge an answers file of ``benchmark`` through ``client`` (default: ``JudgeClient()`` from the environment),
     write the contract's result JSON to ``out_path`` (and the judgements beside it) and return it.
 
     ``baseline``: AlpacaEval's gpt4_1106_preview outputs file or Arena-Hard's gpt-4-0314 answer JSONL (MT-Bench needs
-    none). Arena-Hard's questions: ``arena_questions``, else the file the answers were generated from (their
-    ``.meta.json``), else ``<data_dir>/arena_hard/question.jsonl``; only the answered questions are judged."""
+    none). Arena-Hard needs ``arena_hard_dir``, the user's arena-hard-auto checkout (v0.1 layout): its judge config,
+    and by default its questions and ``baseline_model``'s answers; ``arena_questions`` (else the file the answers
+    were generated from, per their ``.meta.json``) and ``baseline`` override those two. Only the answered questions
+    are judged. ``verdict_rule`` ("official" | "last"), ``bootstrap_rule`` ("battles" | "questions"),
+    ``judge_attempts`` (default: the config's) and ``rating_parse`` ("fschat" | "strict", MT-Bench) pick the rules;
+    the result records them. AlpacaEval: LC is alpaca_eval's or null, never our fit (``lc_win_rate_ours`` is not
+    written at paper scale: it is off from the leaderboard by a median 4.7 points)."""
     _check_benchmark(benchmark)
     answers = Path(answers_path)
     if not answers.is_file():
@@ -362,11 +392,13 @@ def score_answers(
         meta_file = answers_meta_path(answers)
         if qpath is None and meta_file.is_file():
             qpath = json.loads(meta_file.read_text(encoding="utf-8")).get("data", {}).get("questions")
-        qpath = Path(qpath) if qpath else Path(data_dir) / "arena_hard" / "question.jsonl"
-        metrics, sha, base = _score_arena(answers, client, baseline=baseline, questions_path=qpath, workers=workers,
-                                          out_path=out_path, model_name=model_name)
+        metrics, sha, base = _score_arena(answers, client, baseline=baseline, questions_path=Path(qpath) if qpath
+                                          else None, arena_hard_dir=arena_hard_dir, workers=workers,
+                                          out_path=out_path, model_name=model_name, verdict_rule=verdict_rule,
+                                          bootstrap_rule=bootstrap_rule, judge_attempts=judge_attempts)
     else:
-        metrics, sha, base = _score_mt(answers, client, data_dir=data_dir, workers=workers, out_path=out_path)
+        metrics, sha, base = _score_mt(answers, client, data_dir=data_dir, workers=workers, out_path=out_path,
+                                       rating_parse=rating_parse)
     result = _finite({
         "benchmark": benchmark,
         "model": model_name,
@@ -406,7 +438,8 @@ def _summary(benchmark: str, metrics: dict) -> str:
 def _cmd_generate(args) -> int:
     path = generate_answers(args.model, args.benchmark, family=args.family, model_name=args.name,
                             data_dir=args.data_dir, out_dir=args.out, limit=args.limit, seed=args.seed,
-                            batch_size=args.batch_size, backend=args.backend, arena_questions=args.arena_questions)
+                            batch_size=args.batch_size, backend=args.backend, arena_questions=args.arena_questions,
+                            arena_hard_dir=args.arena_hard_dir)
     meta = json.loads(answers_meta_path(path).read_text(encoding="utf-8"))
     print(f"{args.benchmark}: {meta['counts']['answers']} answers of {meta['model_name']} "
           f"({meta['model_family']}, {meta['backend_used']}, {meta['seconds']:.1f}s) -> {path}")
@@ -416,7 +449,9 @@ def _cmd_generate(args) -> int:
 def _cmd_score(args) -> int:
     result = score_answers(args.benchmark, args.answers, model_name=args.name, out_path=args.out,
                            data_dir=args.data_dir, baseline=args.baseline, workers=args.workers,
-                           arena_questions=args.arena_questions)
+                           arena_questions=args.arena_questions, arena_hard_dir=args.arena_hard_dir,
+                           verdict_rule=args.verdict_rule, bootstrap_rule=args.bootstrap,
+                           judge_attempts=args.judge_attempts, rating_parse=args.rating_parse)
     print(f"{args.benchmark} {args.name}: {_summary(args.benchmark, result['metrics'])} "
           f"(judge {result['judge']}) -> {args.out}")
     return 0
@@ -438,7 +473,9 @@ def add_bench_parsers(subparsers) -> None:
     gen.add_argument("--batch-size", type=int, default=8)
     gen.add_argument("--backend", default="auto", choices=("auto", "hf", "vllm"))
     gen.add_argument("--arena-questions", default=None,
-                     help="Arena-Hard question.jsonl (default: <data-dir>/arena_hard/question.jsonl)")
+                     help="Arena-Hard question.jsonl (default: the --arena-hard-dir checkout's, else "
+                          "<data-dir>/arena_hard/question.jsonl)")
+    gen.add_argument("--arena-hard-dir", default=None, help=ARENA_HARD_DIR_HELP)
     gen.set_defaults(func=_cmd_generate)
 
     score = subparsers.add_parser("bench-score", help="judge a benchmark answers file and write the result JSON")
@@ -451,5 +488,18 @@ def add_bench_parsers(subparsers) -> None:
     score.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="offline eval data (default: %(default)s)")
     score.add_argument("--workers", type=int, default=8, help="parallel judge requests")
     score.add_argument("--arena-questions", default=None,
-                       help="Arena-Hard question.jsonl (default: the one used at generation, else <data-dir>)")
+                       help="Arena-Hard question.jsonl (default: the one used at generation, else the checkout's)")
+    score.add_argument("--arena-hard-dir", default=None, help=ARENA_HARD_DIR_HELP)
+    score.add_argument("--verdict-rule", default="official", choices=ah.VERDICT_RULES,
+                       help="Arena-Hard label rule: official (arena-hard-auto v0.1: two different labels drop the "
+                            "game) or last (ours: the last label counts); default %(default)s")
+    score.add_argument("--bootstrap", default="battles", choices=ah.BOOTSTRAP_RULES,
+                       help="Arena-Hard interval: battles (official: resample battle rows) or questions (ours: "
+                            "resample questions, wider); default %(default)s")
+    score.add_argument("--judge-attempts", type=int, default=None,
+                       help="Arena-Hard judge attempts per game (default: the config's number_of_judgment_attempts; "
+                            "1 never re-asks)")
+    score.add_argument("--rating-parse", default="fschat", choices=mt.RATING_PARSES,
+                       help="MT-Bench rating parse: fschat (first [[x]], else [x]) or strict (ours: the last [[x]], "
+                            "1-10); default %(default)s")
     score.set_defaults(func=_cmd_score)

@@ -11,7 +11,11 @@ MT-Bench, as Markdown or LaTeX:
 * a missing cell is "–" (LaTeX "--");
 * ``reference`` rows (public numbers, e.g. SimPO's) come after ours, separated, each labelled "(public, not ours)"
   and explained in a footnote; they are never mixed with our results;
-* footnotes also say which scale / judge / baseline the numbers come from (e.g. the small world's hidden reward).
+* footnotes also say which scale / judge / baseline the numbers come from (e.g. the small world's hidden reward)
+  and which rule produced them (Arena-Hard's verdict rule and bootstrap, MT-Bench's rating parse, AlpacaEval's LC
+  rule, as each result JSON records them; "unrecorded" for older files). Rows of one benchmark scored with different
+  rules are an error (:class:`~prefopt.errors.ConfigError`) unless ``allow_mixed_rules`` (``--allow-mixed-rules``);
+  then each rule gets its own footnote line naming its models.
 
 ``python -m prefopt.benchmarks.tables RESULTS_DIR [--latex] [--out FILE] [--models a,b]``.
 """
@@ -25,6 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from prefopt.errors import ConfigError
 from prefopt.io import write_atomic
 
 BENCHMARKS = ("alpaca_eval", "arena_hard", "mt_bench")
@@ -127,17 +132,42 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_ESCAPES.get(c, c) for c in text)
 
 
-def _provenance(groups: Mapping[str, Mapping[str, dict]]) -> list[str]:
+def scoring_rule(benchmark: str, result: Mapping[str, Any]) -> str:
+    """The rule that produced a result's numbers, as its metrics record it ("unrecorded" when they do not)."""
+    m = result.get("metrics") or {}
+
+    def say(value):
+        return "unrecorded" if value is None else str(value)
+
+    if benchmark == "arena_hard":
+        return f"verdict {say(m.get('verdict_rule'))}, bootstrap {say(m.get('bootstrap_rule'))}"
+    if benchmark == "mt_bench":
+        return f"rating parse {say(m.get('rating_parse') or m.get('rating_rule'))}"
+    lc = "ours" if _num(m.get("lc_win_rate")) is None and _num(m.get("lc_win_rate_ours")) is not None else (
+        m.get("lc_rule"))
+    return f"LC {say(lc)}"
+
+
+def _provenance(groups: Mapping[str, Mapping[str, dict]], allow_mixed_rules: bool) -> list[str]:
     seen: dict[tuple, list[str]] = {}
-    for by_bench in groups.values():
+    rules: dict[str, dict[str, list[str]]] = {}
+    for model, by_bench in groups.items():
         for bench in BENCHMARKS:
             r = by_bench.get(bench)
             if r:
-                key = (bench, r.get("scale"), str(r.get("judge")), str(r.get("baseline")))
-                seen.setdefault(key, [])
+                rule = scoring_rule(bench, r)
+                rules.setdefault(bench, {}).setdefault(rule, []).append(model)
+                key = (bench, r.get("scale"), str(r.get("judge")), str(r.get("baseline")), rule)
+                seen.setdefault(key, []).append(model)
+    for bench, by_rule in rules.items():
+        if len(by_rule) > 1 and not allow_mixed_rules:
+            described = "; ".join(f"{rule}: {', '.join(models)}" for rule, models in by_rule.items())
+            raise ConfigError(f"{bench} rows were scored with different rules ({described}); rescore them alike or "
+                              f"allow it with --allow-mixed-rules")
     lines = []
-    for bench, scale, judge, baseline in seen:
-        lines.append(f"{bench}: scale {scale}, judge {judge}, baseline {baseline}")
+    for (bench, scale, judge, baseline, rule), models in seen.items():
+        who = f" ({', '.join(models)})" if len(rules[bench]) > 1 else ""
+        lines.append(f"{bench}: scale {scale}, judge {judge}, baseline {baseline}, {rule}{who}")
     return lines
 
 
@@ -147,10 +177,12 @@ def build_table(
     models: Optional[Sequence[str]] = None,
     reference: Optional[Mapping[str, Mapping[str, Any]]] = None,
     fmt: str = "markdown",
+    allow_mixed_rules: bool = False,
 ) -> str:
     """The table (see the module docstring). ``models`` picks and orders the rows (default: every model, in the order
     first seen); a requested model without results gets a row of "–". ``reference``: ``{row label: {alpaca_eval_lc,
-    alpaca_eval_wr, arena_hard, mt_bench}}`` public numbers shown in separate rows marked "(public, not ours)"."""
+    alpaca_eval_wr, arena_hard, mt_bench}}`` public numbers shown in separate rows marked "(public, not ours)".
+    ``allow_mixed_rules``: accept rows of one benchmark scored with different rules (each footnoted)."""
     if fmt not in MISSING:
         raise ValueError(f"fmt must be 'markdown' or 'latex', got {fmt!r}")
     groups: dict[str, dict[str, dict]] = {}
@@ -171,7 +203,7 @@ def build_table(
         notes.append(f"† {DAGGER_NOTE}.")
     if ref_rows:
         notes.append(f"Rows marked {PUBLIC_NOTE}: published numbers shown for scale; not produced by this code.")
-    notes += _provenance({n: groups[n] for n in order if n in groups})
+    notes += _provenance({n: groups[n] for n in order if n in groups}, allow_mixed_rules)
     missing = MISSING[fmt]
     header = ["Model", *COLUMNS]
 
@@ -220,6 +252,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--models", help="comma-separated models, in row order (default: all)")
     parser.add_argument("--reference", help="public numbers as JSON (a file or a literal): {label: {alpaca_eval_lc, "
                                             "alpaca_eval_wr, arena_hard, mt_bench}}")
+    parser.add_argument("--allow-mixed-rules", action="store_true",
+                        help="accept rows of one benchmark scored with different rules (each footnoted)")
     args = parser.parse_args(argv)
     try:
         results = load_results(args.results_dir)
@@ -230,8 +264,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: no <model>/<benchmark>.json results below {args.results_dir}", file=sys.stderr)
         return 2
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-    table = build_table(results, models=models, reference=_reference_arg(args.reference),
-                        fmt="latex" if args.latex else "markdown")
+    try:
+        table = build_table(results, models=models, reference=_reference_arg(args.reference),
+                            fmt="latex" if args.latex else "markdown", allow_mixed_rules=args.allow_mixed_rules)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.out:
         write_atomic(args.out, table)
         print(f"wrote {args.out}", file=sys.stderr)

@@ -157,6 +157,14 @@ def _looks_like_file(source: str) -> bool:
     return Path(source).suffix.lower() in _LOCAL_READERS or source.startswith((".", "/", "~"))
 
 
+def check_source(source: str, what: str) -> None:
+    """Fail at once, naming ``what``, when ``source`` names a local file that does not exist; anything else is a data
+    file, a Hub dataset name or a local dataset folder in the Hub's layout, which ``datasets.load_dataset`` reads."""
+    path = Path(source).expanduser()
+    if _looks_like_file(source) and not path.is_file() and not path.is_dir():
+        raise DataError(f"no such {what} file {source!r} (resolved to {path.resolve()})")
+
+
 def _read_rows(
     source: str, *, split: str, name: Optional[str], limit: Optional[int], data_dir: Optional[str] = None
 ) -> tuple[list[Any], str]:

@@ -23,6 +23,7 @@ batches.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -35,6 +36,11 @@ logger = logging.getLogger(__package__)
 
 #: The values of ``data.tokenization`` (see the module docstring; SPEC §6.4).
 TOKENIZATIONS = ("trl", "official")
+#: How a *string* prompt is read (``data.apply_chat_template``, ``--chat-template``; the same rule in every stage):
+#: ``auto`` = as one user turn through the chat template when the tokenizer has one, else as text; ``always`` = through
+#: the template (an error without one); ``never`` = as text, the response followed by EOS (HH / TL;DR prompts, SPEC §6.1,
+#: are text that already ends in the assistant cue). Chat-message prompts always go through the template.
+CHAT_TEMPLATE_RULES = ("auto", "always", "never")
 #: What ``official`` inserts first when the template mentions a system turn (SPEC §6.4).
 EMPTY_SYSTEM_MESSAGE = {"role": "system", "content": ""}
 _OFFICIAL_HINT = (
@@ -212,6 +218,23 @@ def _encode_official(prompt_ids: list[int], full_ids: Sequence[list[int]], bos: 
     return (prompt, responses), None
 
 
+def chat_template_applies(tokenizer, rule: str) -> bool:
+    """Whether string prompts become one user turn of the chat template under ``rule`` (:data:`CHAT_TEMPLATE_RULES`)."""
+    if rule not in CHAT_TEMPLATE_RULES:
+        raise DataError(f"the chat-template rule for string prompts must be one of {', '.join(CHAT_TEMPLATE_RULES)}, "
+                        f"got {rule!r}")
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if rule == "always" and not has_template:
+        raise DataError(f"tokenizer {_tokenizer_name(tokenizer)} has no chat template, but string prompts are to go "
+                        "through one (chat template: always); use auto or never, or set model.chat_template")
+    return rule == "always" or (rule == "auto" and has_template)
+
+
+def apply_prompt_rule(prompt: Prompt, wrap: bool) -> Prompt:
+    """A string prompt as one user turn when ``wrap`` (see :func:`chat_template_applies`), anything else unchanged."""
+    return [{"role": "user", "content": prompt}] if wrap and isinstance(prompt, str) else prompt
+
+
 def _check_chat_template(prompts: Sequence[Prompt], tokenizer) -> None:
     if any(not isinstance(prompt, str) for prompt in prompts) and not getattr(tokenizer, "chat_template", None):
         raise DataError(
@@ -252,13 +275,17 @@ def _encode_prompt_texts(tokenizer, texts: list[str], bos: _BosPolicy) -> list[l
     return [bos.apply(list(ids)) for ids in _encode(tokenizer, texts)]
 
 
-def encode_prompts(prompts: Sequence[Prompt], tokenizer) -> list[list[int]]:
-    """Token ids of each prompt exactly as :func:`tokenize_records` builds ``prompt_ids`` (before truncation).
+def encode_prompts(prompts: Sequence[Prompt], tokenizer, *, chat_template: str = "never") -> list[list[int]]:
+    """Token ids of each prompt exactly as :func:`tokenize_records` builds ``prompt_ids`` under ``trl`` (before
+    truncation): what a model is given to continue.
 
-    Text prompts are encoded as they are, chat prompts rendered by the tokenizer's template with the generation
-    prompt (SPEC §6.3), both with exactly one leading BOS where the tokenizer uses one (SPEC §6.2 / §6.3 BOS traps);
-    the sampling stage feeds these ids to the model (SPEC §6.1 step 4).
+    Chat prompts are rendered by the tokenizer's template with the generation prompt (SPEC §6.3); string prompts too
+    when ``chat_template`` (:data:`CHAT_TEMPLATE_RULES`) says so, else they are encoded as they are; all with exactly
+    one leading BOS where the tokenizer uses one (SPEC §6.2 / §6.3 BOS traps). The sampling stage feeds these ids to
+    the model (SPEC §6.1 step 4).
     """
+    wrap = chat_template_applies(tokenizer, chat_template)
+    prompts = [apply_prompt_rule(prompt, wrap) for prompt in prompts]
     _check_chat_template(prompts, tokenizer)
     texts = [_render_prompt(tokenizer, prompt, f"prompt {i}") for i, prompt in enumerate(prompts, start=1)]
     return _encode_prompt_texts(tokenizer, texts, _BosPolicy.of(tokenizer))
@@ -342,7 +369,7 @@ def _pack(index, record, prompt_ids, completion_ids, *, max_length, max_prompt_l
 
 def tokenize_completions(
     prompts: Sequence[Prompt], completions: Sequence[Sequence[str]], tokenizer, *, max_length: int,
-    max_prompt_length: int, tokenization: str = "trl",
+    max_prompt_length: int, tokenization: str = "trl", chat_template: str = "never",
 ) -> list[dict]:
     """Tokenise given (prompt, completions) exactly as training does, for scoring them under a model afterwards
     (KL estimates, reward-model labels). Completions are used as they are — repeats and empty ones included, since
@@ -352,7 +379,8 @@ def tokenize_completions(
         for i, (prompt, group) in enumerate(zip(prompts, completions))
     ]
     examples, report = tokenize_records(records, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
-                                        drop_identical=False, tokenization=tokenization)
+                                        drop_identical=False, tokenization=tokenization,
+                                        chat_template=chat_template)
     if report.n_dropped:
         raise DataError(f"{report.n_dropped} records could not be scored: {report.summary()}")
     return examples
@@ -360,7 +388,7 @@ def tokenize_completions(
 
 def tokenize_records(
     records: Sequence[PreferenceRecord], tokenizer, *, max_length: int, max_prompt_length: int,
-    drop_identical: bool = True, tokenization: str = "trl",
+    drop_identical: bool = True, tokenization: str = "trl", chat_template: str = "never",
 ) -> tuple[list[dict], TokenizeReport]:
     """Token ids of each record: ``{index, id, prompt_ids, completion_ids (K lists), rewards}`` (K = 1 for SFT).
 
@@ -369,8 +397,9 @@ def tokenize_records(
     template adds for the assistant turn, end-of-turn tokens included; ids are built with
     ``add_special_tokens=False`` and given exactly one leading BOS where the tokenizer uses one (see
     :class:`_BosPolicy`); prompts are cut on the left to ``max_prompt_length`` (keeping BOS), responses on the right
-    so prompt + response <= ``max_length``. ``official``: the SimPO-family convention and cut of SPEC §6.4. Text
-    prompts get the response plus EOS under both (SPEC §1).
+    so prompt + response <= ``max_length``. ``official``: the SimPO-family convention and cut of SPEC §6.4. String
+    prompts become one user turn of the template when ``chat_template`` (:data:`CHAT_TEMPLATE_RULES`) says so;
+    otherwise they are text and get the response plus EOS under both conventions (SPEC §1).
 
     Dropped (and listed in the report, 1-based in its summary): records with an empty completion or prompt after
     tokenisation and, with ``drop_identical`` (the default), records of K >= 2 whose responses are all the same
@@ -379,6 +408,10 @@ def tokenize_records(
     :class:`DataError` is raised only when every record is dropped.
     """
     _check_lengths(max_length, max_prompt_length)
+    wrap = chat_template_applies(tokenizer, chat_template)
+    if wrap:
+        records = [dataclasses.replace(r, prompt=apply_prompt_rule(r.prompt, True)) if isinstance(r.prompt, str)
+                   else r for r in records]
     _check_tokenizer(records, tokenizer, tokenization)
     bos = _BosPolicy.of(tokenizer)
     report = TokenizeReport(n_records=len(records), bos_policy=bos.name, tokenization=tokenization)

@@ -17,7 +17,8 @@ three judges have the interfaces those functions ask of the LLM judges:
   games per question, positions swapped; the reward gap ``R(A) + position_bias - R(B)`` becomes a label by
   :func:`gap_label` (``|gap| <= 0.02``: A=B; ``|gap| >= 0.5``: strong; else slight), written as the judge's answer
   ``reward gap (A - B) +0.1234: [[A>B]]`` that ``parse_verdict`` reads. Questions from :func:`arena_questions`.
-  Scored by ``score_judgements`` (Bradley–Terry win rate vs the baseline, 100 question-bootstrap rounds).
+  Scored by ``score_judgements`` (Bradley–Terry win rate vs the baseline, 100 bootstrap rounds over battle rows,
+  arena-hard-auto v0.1's rule).
 * **MT-Bench** (:class:`HiddenRewardRatingJudge`, a :class:`~prefopt.benchmarks.mt_bench.RatingJudge`): each
   turn's hidden reward (for the conversation so far: the last user turn names the topic) is mapped linearly onto
   1–10 by :func:`reward_to_rating`. Two-turn questions from :func:`mt_bench_questions`; the answers come from
