@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from prefopt.data import DataError, Prompt, load_prompts
 from prefopt.data.readers import check_output_path, check_source
-from prefopt.io import write_atomic
+from prefopt.io import write_atomic, write_jsonl
 from prefopt.runs import StageRecord, meta_path
 
 logger = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ def build_onpolicy(
     while finished < len(chunks) and min((finished + 1) * chunk_size, len(kept)) - 1 in indices:
         finished += 1
     done_rows = [r for r in done_rows if r["prompt_index"] < finished * chunk_size]
-    write_atomic(partial, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done_rows))
+    write_jsonl(partial, done_rows)
     if finished:
         logger.info("onpolicy: resuming after %d of %d chunks (%s)", finished, len(chunks), partial)
 
@@ -269,7 +269,7 @@ def build_onpolicy(
     kept_rows = [{k: v for k, v in r.items() if k != "prompt_index"} for r in rows if "dropped" not in r]
     if not kept_rows:
         raise DataError(f"onpolicy: no prompt of {prompts!r} gave a preference (all responses identical or tied)")
-    write_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept_rows))
+    write_jsonl(out, kept_rows)
     scores = [s for r in kept_rows for s in r["all_rm_scores"]]
     meta = record.finish(
         **settings, out=str(out), data=report.summary(), n_unique_prompts=len(unique), n_prompts=len(kept),
