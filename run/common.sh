@@ -256,7 +256,8 @@ table1_pipeline() {
 #   benchmark answers and results $RESULTS/<table>/bench/<setting>/<method>/, table $RESULTS/<table>/bench/<setting>/table.md
 #
 # Extra variables:
-#   BENCHMARKS     (default: "alpaca_eval arena_hard mt_bench")
+#   BENCHMARKS     (default: "alpaca_eval arena_hard mt_bench", and open_llm_v2 (Open LLM Leaderboard v2 through lm_eval)
+#                  for table2)
 #   GEN_ARGS       extra flags for every bench-generate (e.g. "--backend vllm" or "--limit 5 --data-dir eval/data")
 #   SCORE_ARGS     extra flags for every bench-score (e.g. "--workers 8")
 #   ALPACA_BASELINE / ARENA_BASELINE  --baseline files for alpaca_eval / arena_hard scoring (default: the command's own)
@@ -267,7 +268,9 @@ table1_pipeline() {
 bench_pipeline() {
     local table=$1 setting=$2 family=$3 default_methods=$4
     local methods=${METHODS:-$default_methods}
-    local benchmarks=${BENCHMARKS:-alpaca_eval arena_hard mt_bench}
+    local default_benchmarks="alpaca_eval arena_hard mt_bench"
+    [[ "$table" == table2 ]] && default_benchmarks+=" open_llm_v2"  # the f-PO paper reports it beside Table 2's
+    local benchmarks=${BENCHMARKS:-$default_benchmarks}
     local gen_args score_args table_args
     read -r -a gen_args <<< "${GEN_ARGS:-}"
     read -r -a score_args <<< "${SCORE_ARGS:-}"
@@ -287,7 +290,7 @@ bench_pipeline() {
         local model="$out/${setting}_${method}/$EVAL_CHECKPOINT" dir="$bench_dir/$method"
         for benchmark in $benchmarks; do
             local answers="$dir/${benchmark}_answers.jsonl" arena=() arena_inputs=()
-            [[ "$benchmark" == alpaca_eval ]] && answers="$dir/${benchmark}_answers.json"
+            [[ "$benchmark" == alpaca_eval || "$benchmark" == open_llm_v2 ]] && answers="$dir/${benchmark}_answers.json"
             if [[ "$benchmark" == arena_hard ]]; then
                 if [[ -z "${ARENA_HARD_DIR:-}" ]]; then
                     log "arena_hard needs ARENA_HARD_DIR: your checkout of arena-hard-auto at its last v0.1 commit"

@@ -178,16 +178,19 @@ def test_bench_dry_run(script, tmp_path):
         assert cmds[0] == onpolicy[0] and onpolicy[0][-2:] == ["Qwen/Qwen2.5-7B-Instruct", data]
         assert all(c[c.index("--data.train") + 1] == data for c in cmds if stage(c) == "train")
     gens = [c for c in cmds if stage(c) == "bench-generate"]
-    assert len(gens) == 3 * len(methods)
+    # Table 2 also runs the Open LLM Leaderboard v2 (lm_eval) for every method; Table 3 does not by default
+    benchmarks = {"alpaca_eval", "arena_hard", "mt_bench"} | ({"open_llm_v2"} if table == "table2" else set())
+    assert len(gens) == len(benchmarks) * len(methods)
     assert {c[c.index("--family") + 1] for c in gens} == {family}
-    assert {c[c.index("bench-generate") + 2] for c in gens} == {"alpaca_eval", "arena_hard", "mt_bench"}
+    assert {c[c.index("bench-generate") + 2] for c in gens} == benchmarks
     assert {c[c.index("bench-generate") + 1] for c in gens} == {
         f"{tmp_path}/{table}/{folder}_{m}/final" for m in methods}
     scores = [c for c in cmds if stage(c) == "bench-score"]
-    assert len(scores) == 3 * len(methods)
+    assert len(scores) == len(benchmarks) * len(methods)
     for c in scores:  # scores read the answers file bench-generate writes
         bench, answers = c[c.index("bench-score") + 1], c[c.index("bench-score") + 2]
-        assert Path(answers).name == f"{bench}_answers" + (".json" if bench == "alpaca_eval" else ".jsonl")
+        json_answers = bench in ("alpaca_eval", "open_llm_v2")
+        assert Path(answers).name == f"{bench}_answers" + (".json" if json_answers else ".jsonl")
     table_cmd = [c for c in cmds if stage(c) == "bench-table"]
     assert len(table_cmd) == 1 and table_cmd[0][table_cmd[0].index("bench-table") + 1] == f"{tmp_path}/{table}/bench/{folder}"
 

@@ -38,6 +38,7 @@ import yaml
 from prefopt.benchmarks import alpaca_eval as ae
 from prefopt.benchmarks import arena_hard as ah
 from prefopt.benchmarks import mt_bench as mt
+from prefopt.benchmarks import open_llm as oll
 from prefopt.benchmarks.generation import BENCHMARKS, GENERATION_DIR, load_generation_config, temperature_for
 from prefopt.data import DataError
 from prefopt.io import write_json, write_jsonl
@@ -46,7 +47,10 @@ from prefopt.runs import StageRecord, meta_path, package_versions, utc_now
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = "eval/data"
-ANSWER_SUFFIX = {"alpaca_eval": ".json", "arena_hard": ".jsonl", "mt_bench": ".jsonl"}
+#: The judged benchmarks (their sampling settings in eval/generation) and the Open LLM Leaderboard v2, run by lm_eval
+#: with its own settings (:mod:`prefopt.benchmarks.open_llm`).
+ALL_BENCHMARKS = (*BENCHMARKS, oll.BENCHMARK)
+ANSWER_SUFFIX = {"alpaca_eval": ".json", "arena_hard": ".jsonl", "mt_bench": ".jsonl", oll.BENCHMARK: oll.ANSWER_SUFFIX}
 ARENA_HARD_DIR_HELP = ("your checkout of arena-hard-auto at its last v0.1 commit (config/judge_config.yaml, "
                        "data/arena-hard-v0.1/); the judge prompt, questions and baseline answers are read from it")
 MAKE_EVAL_DATA = "run `make eval-data` (python -m prefopt.benchmarks.eval_data --dest {dest}) to fetch it"
@@ -62,8 +66,8 @@ class BenchDataError(DataError, FileNotFoundError):
 
 
 def _check_benchmark(benchmark: str) -> None:
-    if benchmark not in BENCHMARKS:
-        raise DataError(f"unknown benchmark {benchmark!r}; choose one of {', '.join(BENCHMARKS)}")
+    if benchmark not in ALL_BENCHMARKS:
+        raise DataError(f"unknown benchmark {benchmark!r}; choose one of {', '.join(ALL_BENCHMARKS)}")
 
 
 def answers_path(out_dir: str | os.PathLike, benchmark: str) -> Path:
@@ -157,6 +161,10 @@ def generate_answers(
     arena_questions: Optional[str | os.PathLike] = None,
     arena_hard_dir: Optional[str | os.PathLike] = None,
     progress: bool = True,
+    tasks: Optional[list[str]] = None,
+    include_path: tuple = (),
+    chat_template: str = "auto",
+    dtype: str = "auto",
 ) -> Path:
     """Generate ``model_path``'s answers to ``benchmark`` with ``family``'s settings; returns the answers file.
 
@@ -164,10 +172,22 @@ def generate_answers(
     (default: the model folder's name) is the generator / model id written into the answers. ``limit`` keeps the
     first N prompts (quick runs). ``arena_questions``: Arena-Hard's ``question.jsonl`` (default: the one in
     ``arena_hard_dir``, the arena-hard-auto checkout, else ``<data_dir>/arena_hard/question.jsonl``). Missing data
-    raises :class:`BenchDataError` before any model loads."""
+    raises :class:`BenchDataError` before any model loads.
+
+    ``open_llm_v2`` runs lm_eval's leaderboard tasks instead (:func:`prefopt.benchmarks.open_llm.run_leaderboard`:
+    ``tasks`` (default: the ``leaderboard`` group), ``include_path`` folders of extra task YAMLs, ``chat_template``
+    auto | yes | no, ``dtype``); ``family`` is only recorded there: lm_eval's tasks fix their own generation
+    settings, as on the leaderboard."""
     from prefopt import sample
 
     _check_benchmark(benchmark)
+    if benchmark != oll.BENCHMARK and not isinstance(batch_size, int):
+        raise DataError(f"batch size {batch_size!r} is for open_llm_v2 only; give an integer")
+    if benchmark == oll.BENCHMARK:
+        return oll.run_leaderboard(model_path, out_dir=out_dir, model_name=model_name, family=str(family),
+                                   tasks=tasks or oll.DEFAULT_TASKS, include_path=include_path, limit=limit,
+                                   seed=seed, batch_size=batch_size, backend=backend, chat_template=chat_template,
+                                   dtype=dtype)
     settings = load_generation_config(str(family), benchmark)
     model_name = model_name or Path(str(model_path).rstrip("/")).name
     data_dir = Path(data_dir)
@@ -381,6 +401,9 @@ def score_answers(
     out_path = Path(out_path)
     record = StageRecord(meta_path(out_path), "bench-score")
     generation = _generation_record(answers)
+    if benchmark == oll.BENCHMARK:
+        return _score_open_llm(answers, model_name=model_name, out_path=out_path, record=record,
+                               generation=generation)
     if client is None:
         from prefopt.judges import JudgeClient
 
@@ -417,6 +440,31 @@ def score_answers(
     return result
 
 
+def _score_open_llm(answers: Path, *, model_name: str, out_path: Path, record: StageRecord, generation: dict) -> dict:
+    """The Open LLM Leaderboard v2 result: lm_eval's raw scores normalised as the leaderboard does; no judge. The
+    ``template_sha256`` is the hash of the lm_eval task configs that produced the scores (prompts, few-shot, metrics)."""
+    metrics, run = oll.score(answers)
+    doc = json.loads(answers.read_text(encoding="utf-8"))
+    configs_sha = hashlib.sha256(json.dumps(doc.get("configs") or {}, sort_keys=True).encode()).hexdigest()
+    result = _finite({
+        "benchmark": oll.BENCHMARK,
+        "model": model_name,
+        "scale": "paper",
+        "metrics": metrics,
+        "judge": "none (lm-eval metrics)",
+        "template_sha256": configs_sha,
+        "baseline": "random-guess lower bound per sub-task (Open LLM Leaderboard v2 normalisation)",
+        "evaluator": package_versions(("prefopt", "lm_eval")),
+        "generation": {**generation, "lm_eval": run},
+        "answers": str(answers),
+        "created": utc_now(),
+    })
+    write_json(out_path, result)
+    record.finish(benchmark=oll.BENCHMARK, model=model_name, answers=str(answers), judge=result["judge"],
+                  result=str(out_path))
+    return result
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------------------------
@@ -429,6 +477,10 @@ def _summary(benchmark: str, metrics: dict) -> str:
     if benchmark == "alpaca_eval":
         return (f"WR {f(metrics.get('win_rate'))} ± {f(metrics.get('standard_error'))}, LC {f(metrics.get('lc_win_rate'))}"
                 f" (ours {f(metrics.get('lc_win_rate_ours'))}), n={metrics.get('n')}")
+    if benchmark == oll.BENCHMARK:
+        scores = metrics.get("scores") or {}
+        return (f"average {f(metrics.get('average'))}; " + ", ".join(
+            f"{label} {f(scores.get(key))}" for key, label in oll.CATEGORIES.items()) + f", n={metrics.get('n')}")
     if benchmark == "arena_hard":
         lo, hi = metrics.get("ci") or (None, None)
         return f"WR {f(metrics.get('win_rate'))} [{f(lo)}, {f(hi)}], {metrics.get('questions')} questions"
@@ -439,10 +491,13 @@ def _cmd_generate(args) -> int:
     path = generate_answers(args.model, args.benchmark, family=args.family, model_name=args.name,
                             data_dir=args.data_dir, out_dir=args.out, limit=args.limit, seed=args.seed,
                             batch_size=args.batch_size, backend=args.backend, arena_questions=args.arena_questions,
-                            arena_hard_dir=args.arena_hard_dir)
+                            arena_hard_dir=args.arena_hard_dir,
+                            tasks=[t for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
+                            include_path=tuple(args.include_path or ()), chat_template=args.chat_template,
+                            dtype=args.dtype)
     meta = json.loads(answers_meta_path(path).read_text(encoding="utf-8"))
     print(f"{args.benchmark}: {meta['counts']['answers']} answers of {meta['model_name']} "
-          f"({meta['model_family']}, {meta['backend_used']}, {meta['seconds']:.1f}s) -> {path}")
+          f"({meta['model_family'] or 'lm-eval settings'}, {meta['backend_used']}, {meta['seconds']:.1f}s) -> {path}")
     return 0
 
 
@@ -457,12 +512,26 @@ def _cmd_score(args) -> int:
     return 0
 
 
+def _batch_size(text: str) -> int | str:
+    import argparse
+
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"batch size must be an integer >= 1 or auto, got {text!r}")
+    return value
+
+
 def add_bench_parsers(subparsers) -> None:
     """Register ``bench-generate`` and ``bench-score`` on the ``prefopt`` CLI's subparsers."""
     gen = subparsers.add_parser("bench-generate", help="generate a model's answers to AlpacaEval 2 / Arena-Hard / "
                                                        "MT-Bench with its family's settings")
     gen.add_argument("model", metavar="MODEL", help="model folder or Hub id")
-    gen.add_argument("benchmark", metavar="BENCHMARK", choices=BENCHMARKS, help=" | ".join(BENCHMARKS))
+    gen.add_argument("benchmark", metavar="BENCHMARK", choices=ALL_BENCHMARKS, help=" | ".join(ALL_BENCHMARKS))
     gen.add_argument("--family", required=True,
                      help="generation settings: llama3, gemma2, mistral, qwen2 (eval/generation) or a YAML path")
     gen.add_argument("--out", required=True, help="output folder (gets <benchmark>_answers.* and .meta.json)")
@@ -470,16 +539,25 @@ def add_bench_parsers(subparsers) -> None:
     gen.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="offline eval data (default: %(default)s)")
     gen.add_argument("--limit", type=int, default=None, help="only the first N prompts (quick runs)")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--batch-size", type=int, default=8)
+    gen.add_argument("--batch-size", type=_batch_size, default=8,
+                     help="prompts per batch (open_llm_v2: lm_eval's batch_size, also 'auto'; default %(default)s)")
     gen.add_argument("--backend", default="auto", choices=("auto", "hf", "vllm"))
     gen.add_argument("--arena-questions", default=None,
                      help="Arena-Hard question.jsonl (default: the --arena-hard-dir checkout's, else "
                           "<data-dir>/arena_hard/question.jsonl)")
     gen.add_argument("--arena-hard-dir", default=None, help=ARENA_HARD_DIR_HELP)
+    gen.add_argument("--tasks", default=None,
+                     help="open_llm_v2: comma-separated lm-eval tasks (default: leaderboard, the six benchmarks)")
+    gen.add_argument("--include-path", action="append", default=None, metavar="DIR",
+                     help="open_llm_v2: a folder of extra lm-eval task YAMLs (repeatable)")
+    gen.add_argument("--chat-template", default="auto", choices=("auto", "yes", "no"),
+                     help="open_llm_v2: apply the model's chat template, few-shot as multi-turn, as the leaderboard "
+                          "does for chat models (auto: when the tokenizer has one; default %(default)s)")
+    gen.add_argument("--dtype", default="auto", help="open_llm_v2: the model's dtype for lm_eval (default %(default)s)")
     gen.set_defaults(func=_cmd_generate)
 
     score = subparsers.add_parser("bench-score", help="judge a benchmark answers file and write the result JSON")
-    score.add_argument("benchmark", metavar="BENCHMARK", choices=BENCHMARKS, help=" | ".join(BENCHMARKS))
+    score.add_argument("benchmark", metavar="BENCHMARK", choices=ALL_BENCHMARKS, help=" | ".join(ALL_BENCHMARKS))
     score.add_argument("answers", metavar="ANSWERS", help="the answers file written by bench-generate")
     score.add_argument("--name", required=True, help="model name in the result")
     score.add_argument("--out", required=True, help="result JSON path, e.g. results/<model>/<benchmark>.json")

@@ -8,6 +8,9 @@ MT-Bench, as Markdown or LaTeX:
   (``lc_win_rate_ours``) marked with a dagger and a footnote;
 * Arena-Hard shows the Bradley–Terry win rate with its bootstrap interval as distances, ``36.5 (-2.1, +2.3)``, as
   the Arena-Hard leaderboard does;
+* Open LLM Leaderboard v2 (``open_llm_v2.json``, :mod:`prefopt.benchmarks.open_llm`): when any row has one, seven
+  more columns, the leaderboard's average and its six normalised scores (IFEval, BBH, MATH Lvl 5, GPQA, MuSR,
+  MMLU-PRO; 0-100, the random-guess baseline at 0); tables without such results keep the four columns;
 * a missing cell is "–" (LaTeX "--");
 * ``reference`` rows (public numbers, e.g. SimPO's) come after ours, separated, each labelled "(public, not ours)"
   and explained in a footnote; they are never mixed with our results;
@@ -32,9 +35,13 @@ from typing import Any, Mapping, Optional, Sequence
 from prefopt.errors import ConfigError
 from prefopt.io import write_atomic
 
-BENCHMARKS = ("alpaca_eval", "arena_hard", "mt_bench")
+BENCHMARKS = ("alpaca_eval", "arena_hard", "mt_bench", "open_llm_v2")
 COLUMNS = ("AE2 LC (%)", "AE2 WR (%)", "Arena-Hard WR (%, 95% CI)", "MT-Bench (score)")
-REFERENCE_KEYS = ("alpaca_eval_lc", "alpaca_eval_wr", "arena_hard", "mt_bench")
+#: The Open LLM Leaderboard v2 columns (shown when a row has an open_llm_v2 result): the metrics' ``average`` and
+#: ``scores`` keys, in the leaderboard's order.
+OPEN_LLM_KEYS = ("average", "ifeval", "bbh", "math_lvl5", "gpqa", "musr", "mmlu_pro")
+OPEN_LLM_COLUMNS = ("OLL v2 avg", "IFEval", "BBH", "MATH Lvl 5", "GPQA", "MuSR", "MMLU-PRO")
+REFERENCE_KEYS = ("alpaca_eval_lc", "alpaca_eval_wr", "arena_hard", "mt_bench", "open_llm_v2")
 DAGGER_NOTE = "our LC fit; alpaca_eval's needs Hub side data"
 PUBLIC_NOTE = "(public, not ours)"
 MISSING = {"markdown": "–", "latex": "--"}
@@ -96,12 +103,22 @@ def _cells(by_bench: Mapping[str, dict]) -> tuple[list[Optional[str]], bool]:
     return [lc_text, None if wr is None else f"{wr:.1f}", ah_text, None if score is None else f"{score:.2f}"], dagger
 
 
+def _open_llm_cells(values: Mapping[str, Any]) -> list[Optional[str]]:
+    """The seven Open LLM Leaderboard v2 cells from ``{average, ifeval, bbh, ...}`` (numbers 0-100)."""
+    return [None if _num(values.get(k)) is None else f"{_num(values.get(k)):.1f}" for k in OPEN_LLM_KEYS]
+
+
+def _open_llm_values(result: Optional[Mapping[str, Any]]) -> dict:
+    m = (result or {}).get("metrics") or {}
+    return {"average": m.get("average"), **(m.get("scores") or {})}
+
+
 def _reference_cells(values: Mapping[str, Any]) -> list[Optional[str]]:
     unknown = set(values) - set(REFERENCE_KEYS)
     if unknown:
         raise ValueError(f"unknown reference keys {sorted(unknown)}; use {', '.join(REFERENCE_KEYS)}")
     cells = []
-    for key in REFERENCE_KEYS:
+    for key in REFERENCE_KEYS[:4]:
         value = values.get(key)
         if isinstance(value, Mapping):  # {"win_rate": x, "ci": [lo, hi]} like ours
             x, ci = _num(value.get("win_rate")), value.get("ci")
@@ -143,6 +160,10 @@ def scoring_rule(benchmark: str, result: Mapping[str, Any]) -> str:
         return f"verdict {say(m.get('verdict_rule'))}, bootstrap {say(m.get('bootstrap_rule'))}"
     if benchmark == "mt_bench":
         return f"rating parse {say(m.get('rating_parse') or m.get('rating_rule'))}"
+    if benchmark == "open_llm_v2":
+        limit = f", limit {m['limit']} per sub-task (not comparable)" if m.get("limit") else ""
+        return (f"lm-eval {say(m.get('lm_eval_version'))}, normalisation {say(m.get('normalisation'))}, chat template "
+                f"{say(m.get('apply_chat_template'))}{limit}")
     lc = "ours" if _num(m.get("lc_win_rate")) is None and _num(m.get("lc_win_rate_ours")) is not None else (
         m.get("lc_rule"))
     return f"LC {say(lc)}"
@@ -181,7 +202,8 @@ def build_table(
 ) -> str:
     """The table (see the module docstring). ``models`` picks and orders the rows (default: every model, in the order
     first seen); a requested model without results gets a row of "–". ``reference``: ``{row label: {alpaca_eval_lc,
-    alpaca_eval_wr, arena_hard, mt_bench}}`` public numbers shown in separate rows marked "(public, not ours)".
+    alpaca_eval_wr, arena_hard, mt_bench, open_llm_v2: {average, ifeval, ...}}}`` public numbers shown in separate
+    rows marked "(public, not ours)".
     ``allow_mixed_rules``: accept rows of one benchmark scored with different rules (each footnoted)."""
     if fmt not in MISSING:
         raise ValueError(f"fmt must be 'markdown' or 'latex', got {fmt!r}")
@@ -189,14 +211,20 @@ def build_table(
     for r in results:
         groups.setdefault(str(r["model"]), {})[r["benchmark"]] = dict(r)
     order = list(models) if models is not None else list(groups)
+    with_oll = any("open_llm_v2" in groups.get(name, {}) for name in order)
+    columns = COLUMNS + (OPEN_LLM_COLUMNS if with_oll else ())
     rows, any_dagger = [], False
     for name in order:
         cells, dagger = _cells(groups.get(name, {}))
         any_dagger |= dagger
         if dagger:
             cells[0] = cells[0] + "†"
+        if with_oll:
+            cells += _open_llm_cells(_open_llm_values(groups.get(name, {}).get("open_llm_v2")))
         rows.append([name, *cells])
-    ref_rows = [[_public_label(label), *_reference_cells(values)] for label, values in (reference or {}).items()]
+    ref_rows = [[_public_label(label), *_reference_cells(values),
+                 *(_open_llm_cells(values.get("open_llm_v2") or {}) if with_oll else [])]
+                for label, values in (reference or {}).items()]
 
     notes = []
     if any_dagger:
@@ -205,16 +233,16 @@ def build_table(
         notes.append(f"Rows marked {PUBLIC_NOTE}: published numbers shown for scale; not produced by this code.")
     notes += _provenance({n: groups[n] for n in order if n in groups}, allow_mixed_rules)
     missing = MISSING[fmt]
-    header = ["Model", *COLUMNS]
+    header = ["Model", *columns]
 
     if fmt == "markdown":
         def line(cells):
             return "| " + " | ".join(missing if c is None else c for c in cells) + " |"
 
-        out = [line(header), "|" + "|".join(["---"] + [":---:"] * len(COLUMNS)) + "|"]
+        out = [line(header), "|" + "|".join(["---"] + [":---:"] * len(columns)) + "|"]
         out += [line(r) for r in rows]
         if ref_rows:
-            out.append(line([f"*{PUBLIC_NOTE}*"] + [""] * len(COLUMNS)))
+            out.append(line([f"*{PUBLIC_NOTE}*"] + [""] * len(columns)))
             out += [line(r) for r in ref_rows]
         if notes:
             out.append("")
@@ -225,7 +253,7 @@ def build_table(
         return " & ".join(missing if c is None else latex_escape(c) for c in cells) + r" \\"
 
     ncol = len(header)
-    out = [r"\begin{tabular}{l" + "c" * len(COLUMNS) + "}", r"\hline", tex_line(header), r"\hline"]
+    out = [r"\begin{tabular}{l" + "c" * len(columns) + "}", r"\hline", tex_line(header), r"\hline"]
     out += [tex_line(r) for r in rows]
     if ref_rows:
         out.append(r"\hline")
