@@ -4,6 +4,7 @@ that a rerun would take for a finished one (SPEC §9)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -34,3 +35,14 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def finite_json(obj: Any) -> Any:
+    """NaN / inf -> None, recursively through dicts, lists and tuples: result files stay strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj

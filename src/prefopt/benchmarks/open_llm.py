@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from importlib import metadata
@@ -48,6 +47,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from prefopt.errors import ConfigError, EvalDataError, ModelError
+from prefopt.io import finite_json
 
 logger = logging.getLogger(__name__)
 
@@ -419,14 +419,4 @@ def score(answers: str | os.PathLike) -> tuple[dict, dict]:
     generation = {"model_args": config.get("model_args"), "model": config.get("model"),
                   "batch_size": config.get("batch_size"), "random_seed": config.get("random_seed"),
                   "date": doc.get("date"), "transformers_version": doc.get("transformers_version")}
-    return _finite(metrics), _finite(generation)
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
+    return finite_json(metrics), finite_json(generation)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ from prefopt.benchmarks import mt_bench as mt
 from prefopt.benchmarks import open_llm as oll
 from prefopt.benchmarks.generation import BENCHMARKS, GENERATION_DIR, load_generation_config, temperature_for
 from prefopt.data import DataError
-from prefopt.io import write_json, write_jsonl
+from prefopt.io import finite_json, write_json, write_jsonl
 from prefopt.runs import StageRecord, meta_path, package_versions, utc_now
 
 logger = logging.getLogger(__name__)
@@ -106,17 +105,6 @@ def _model_family(family: str) -> str:
 
 def _evaluator() -> dict[str, Optional[str]]:
     return package_versions(("prefopt", "alpaca_eval"))
-
-
-def _finite(obj: Any) -> Any:
-    """NaN / inf -> None, recursively: the result files stay strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _sha256_file(path: Path) -> str:
@@ -304,7 +292,7 @@ def _score_alpaca(answers: Path, client, *, baseline, workers, out_path: Path) -
                                  our_lc=False)
     for key in ("judge", "template_sha256", "alpaca_eval_version"):
         metrics.pop(key, None)
-    write_json(_sidecar(out_path, "judgements", ".json"), _finite(annotations))
+    write_json(_sidecar(out_path, "judgements", ".json"), finite_json(annotations))
     return metrics, annotator.template_sha256, f"{ae.BASELINE_GENERATOR} ({baseline})"
 
 
@@ -422,7 +410,7 @@ def score_answers(
     else:
         metrics, sha, base = _score_mt(answers, client, data_dir=data_dir, workers=workers, out_path=out_path,
                                        rating_parse=rating_parse)
-    result = _finite({
+    result = finite_json({
         "benchmark": benchmark,
         "model": model_name,
         "scale": "paper",
@@ -446,7 +434,7 @@ def _score_open_llm(answers: Path, *, model_name: str, out_path: Path, record: S
     metrics, run = oll.score(answers)
     doc = json.loads(answers.read_text(encoding="utf-8"))
     configs_sha = hashlib.sha256(json.dumps(doc.get("configs") or {}, sort_keys=True).encode()).hexdigest()
-    result = _finite({
+    result = finite_json({
         "benchmark": oll.BENCHMARK,
         "model": model_name,
         "scale": "paper",
