@@ -23,7 +23,15 @@ NAME = "smollm2-135m-instruct"
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("PREFOPT_TEST_CACHE", Path.home() / ".cache" / "prefopt" / "test-models"))
+    """``$PREFOPT_TEST_CACHE``, else ``~/.cache/prefopt/test-models``, else (a read-only home) the temp folder."""
+    if os.environ.get("PREFOPT_TEST_CACHE"):
+        return Path(os.environ["PREFOPT_TEST_CACHE"])
+    root = Path.home() / ".cache" / "prefopt" / "test-models"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        root = Path(tempfile.gettempdir()) / "prefopt-test-models"
+    return root
 
 
 def _download(workdir: Path) -> Path:
