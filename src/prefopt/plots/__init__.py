@@ -3,12 +3,14 @@
 
 One function per figure, each writing a PNG at 150 dpi (``pdf=True``: also a PDF) and returning the paths written:
 :func:`draw_margins`, :func:`draw_frontier`, :func:`draw_curves`, :func:`draw_winrates` (run folders) and
-:func:`draw_noise_sweep` (a noise sweep's folder); :func:`draw_demo_figures` draws the demo's four. The modules behind
+:func:`draw_noise_sweep` (a noise sweep's folder); :func:`draw_demo_figures` draws the demo's four and
+:func:`draw_claims_figures` the five of ``make claims`` (from its metrics.json). The modules behind
 them (:mod:`~prefopt.plots.margins`, :mod:`~prefopt.plots.frontier`, :mod:`~prefopt.plots.curves`,
-:mod:`~prefopt.plots.winrates`, :mod:`~prefopt.plots.noise_sweep`) load the data (``load_*``) and build a
-``matplotlib.figure.Figure`` without pyplot (``plot_*``). matplotlib and seaborn are imported only when a figure is
-built; no library stage draws: the command line (``prefopt demo``, ``prefopt figures``, ``prefopt noise-sweep``) and
-the ``figures/*.py`` scripts call these functions after the library has written its results.
+:mod:`~prefopt.plots.winrates`, :mod:`~prefopt.plots.noise_sweep`, :mod:`~prefopt.plots.claims`) load the data
+(``load_*``) and build a ``matplotlib.figure.Figure`` without pyplot (``plot_*``). matplotlib and seaborn are imported
+only when a figure is built; no library stage draws: the command line (``prefopt demo``, ``prefopt figures``,
+``prefopt noise-sweep``, ``prefopt claims``) and the ``figures/*.py`` scripts call these functions after the library
+has written its results.
 """
 
 from __future__ import annotations
@@ -69,6 +71,15 @@ def draw_noise_sweep(sweep_dir: str | Path, out: str | Path, *, title: Optional[
 
     fig = noise_sweep.plot_noise_sweep(noise_sweep.load_noise_sweep(sweep_dir), title=title)
     return C.save_figure(fig, out, pdf=pdf)
+
+
+def draw_claims_figures(claims_dir: str | Path, metrics: Optional[dict] = None) -> list[Path]:
+    """One figure per claim of ``make claims`` in ``claims_dir/figures/`` (:mod:`prefopt.plots.claims`), from its
+    metrics.json unless ``metrics`` is given."""
+    from prefopt.plots import claims
+    from prefopt.smallworld.claims import read_metrics
+
+    return claims.draw_claims_figures(claims_dir, metrics or read_metrics(claims_dir))
 
 
 def draw_demo_figures(out_dir: str | Path, run_dirs: Sequence[str | Path]) -> list[Path]:

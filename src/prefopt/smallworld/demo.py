@@ -95,11 +95,12 @@ class DemoSettings:
     sft_epochs: float = 3.0
     sft_learning_rate: float = 3e-3
     pref_epochs: float = 2.0
-    pref_learning_rate: float = 5e-4
+    pref_learning_rate: float = 2e-4  # 5e-4 was unstable: SimPO moved 70-89 points with the data order (README)
     batch_size: int = 16
     sample_temperature: float = 0.8  # SPEC §6.1: temperature 0.8, top_k 0, for data and evaluation alike
     max_new_tokens: int = 16
     bt_temperature: float = 0.1
+    near_ties: Optional[float] = None  # pairing rule of the pref labels (SmallWorld.label): None = random pairs
 
     def key(self, *parts: Any) -> str:
         return _hash([PIPELINE_VERSION, parts])
@@ -164,10 +165,13 @@ def _training_outputs(folder: Path) -> list[str]:
 
 class Pipeline:
     """The demo's stages over one output layout: ``shared`` holds what does not depend on the label noise (world,
-    SFT, samples), ``labelled`` what does (data and the preference runs). For the demo both are ``settings.out``."""
+    SFT, samples), ``labelled`` what does (data, the preference runs and SFT's evaluation). For the demo both are
+    ``settings.out``. ``methods`` adds run names of the caller's own to :data:`METHODS` (``make claims``)."""
 
-    def __init__(self, settings: DemoSettings, shared: Optional[Path] = None, labelled: Optional[Path] = None):
+    def __init__(self, settings: DemoSettings, shared: Optional[Path] = None, labelled: Optional[Path] = None,
+                 methods: Optional[dict[str, Method]] = None):
         self.s = settings
+        self.methods = {**METHODS, **(methods or {})}  # the demo's methods and a caller's own (make claims)
         self.shared = Path(shared or settings.out)
         self.labelled = Path(labelled or settings.out)
         self.world = SmallWorld(settings.world)
@@ -228,7 +232,8 @@ class Pipeline:
     # -- 4. labels ------------------------------------------------------------------------------------------------
     def label_stage(self, upstream: str) -> str:
         s, folder = self.s, self.labelled / "data"
-        key = s.key("labels", upstream, s.noise, s.bt_temperature)
+        # the pairing rule joins the key only when set, so the demo's existing label folders stay valid
+        key = s.key("labels", upstream, s.noise, s.bt_temperature, *([s.near_ties] if s.near_ties is not None else []))
         token = _stage_done(folder, key)
         if token:
             return token
@@ -236,7 +241,7 @@ class Pipeline:
         for name in ("train", "test"):
             samples = read_jsonl(self.shared / "samples" / f"{name}.jsonl")
             rw, pref, stats[name] = self.world.label(samples, noise=s.noise, seed=s.seed + (name == "test"),
-                                                     bt_temperature=s.bt_temperature)
+                                                     bt_temperature=s.bt_temperature, near_ties=s.near_ties)
             write_jsonl(folder / f"rw_{name}.jsonl", rw)
             write_jsonl(folder / f"pref_{name}.jsonl", pref)
         write_json(folder / "label_stats.json", stats)
@@ -245,7 +250,7 @@ class Pipeline:
 
     # -- 5. preference training -----------------------------------------------------------------------------------
     def method_stage(self, name: str, upstream: str) -> str:
-        s, method = self.s, METHODS[name]
+        s, method = self.s, self.methods[name]
         folder = self.labelled / "runs" / name
         train = {"num_train_epochs": s.pref_epochs, "learning_rate": s.pref_learning_rate, "warmup_ratio": 0.1,
                  "margin_log_every": 1, **method.train}
@@ -263,7 +268,10 @@ class Pipeline:
         """Evaluate run ``name``; ``upstream`` holds the tokens of what it reads (its model, the labels, and for a
         policy the SFT evaluation's samples). The stage's own token goes to ``self.tokens["eval:<name>"]``."""
         s = self.s
-        folder = (self.shared if name == "sft" else self.labelled) / "runs" / name
+        # SFT's evaluation depends on the labels too (its win rate against the chosen responses): it is written beside
+        # the labelled runs, so label regimes sharing one SFT model (noise sweep, claims) do not overwrite each other
+        folder = self.labelled / "runs" / name
+        model_dir = (self.shared if name == "sft" else self.labelled) / "runs" / name / "final"
         key = s.key("eval", upstream, s.eval_samples, s.sample_temperature, s.max_new_tokens)
         outputs = ["../eval.json", "../samples_test.jsonl"]
         token = _stage_done(folder / "eval", key)
@@ -271,16 +279,15 @@ class Pipeline:
             self.tokens[f"eval:{name}"] = token
             return json.loads((folder / "eval.json").read_text())
         prompts = read_jsonl(self.shared / "world" / "prompts_test.jsonl")
-        completions = self._generate(folder / "final", [p["prompt"] for p in prompts], k=s.eval_samples,
-                                     seed=s.seed + 2)
+        completions = self._generate(model_dir, [p["prompt"] for p in prompts], k=s.eval_samples, seed=s.seed + 2)
         write_jsonl(folder / "samples_test.jsonl",
                      [{"id": p["id"], "prompt": p["prompt"], "completions": c} for p, c in zip(prompts, completions)])
-        result = self._evaluate(name, label, prompts, completions, folder)
+        result = self._evaluate(name, label, prompts, completions, model_dir)
         write_json(folder / "eval.json", result)
         self.tokens[f"eval:{name}"] = _mark_done(folder / "eval", key, outputs)
         return result
 
-    def _evaluate(self, name, label, prompts, completions, folder) -> dict:
+    def _evaluate(self, name, label, prompts, completions, model_dir) -> dict:
         from prefopt.scoring import kl_to_reference
 
         world, judge = self.world, HiddenRewardJudge(self.world)
@@ -288,8 +295,9 @@ class Pipeline:
         lengths = [world.reward_terms(p["prompt"], c)["words"] for p, cs in zip(prompts, completions) for c in cs]
         reference = self.shared / "runs" / "sft" / "final"
         kl_values = [0.0] * len(rewards) if name == "sft" else kl_to_reference(
-            folder / "final", reference, [p["prompt"] for p in prompts], completions)
-        sft_samples = {r["id"]: r["completions"] for r in read_jsonl(self.shared / "runs" / "sft" / "samples_test.jsonl")} \
+            model_dir, reference, [p["prompt"] for p in prompts], completions)
+        sft_file = self.labelled / "runs" / "sft" / "samples_test.jsonl"
+        sft_samples = {r["id"]: r["completions"] for r in read_jsonl(sft_file)} \
             if name != "sft" else {p["id"]: cs for p, cs in zip(prompts, completions)}
         chosen = {json.dumps(r["prompt"]): r["chosen"] for r in read_jsonl(self.labelled / "data" / "pref_test.jsonl")}
         vs_sft, vs_chosen = [], []  # (prompt, policy response, baseline response) triples, judged in both orders
@@ -346,9 +354,9 @@ class Pipeline:
     # -- all ------------------------------------------------------------------------------------------------------
     def run(self, *, progress: bool = True) -> dict[str, dict]:
         s = self.s
-        unknown = [m for m in s.methods if m not in METHODS]
+        unknown = [m for m in s.methods if m not in self.methods]
         if unknown:
-            raise ValueError(f"unknown demo methods {unknown}; choose from {', '.join(METHODS)}")
+            raise ValueError(f"unknown demo methods {unknown}; choose from {', '.join(self.methods)}")
         steps = ["world", "sft", "samples", "labels", *s.methods, "evaluation"]
         bar = tqdm(total=len(steps), desc="demo", disable=not progress, unit="stage")
 
@@ -369,7 +377,7 @@ class Pipeline:
         results = {"sft": self.eval_stage("sft", sft + labels, "SFT")}
         for name in s.methods:
             results[name] = self.eval_stage(name, method_keys[name] + labels + sft + self.tokens["eval:sft"],
-                                            METHODS[name].label)
+                                            self.methods[name].label)
         advance("evaluation")
         bar.close()
         return results

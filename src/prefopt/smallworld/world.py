@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Optional, Sequence
 
 #: Topic name → the words that are good answers about it. Invented words-of-the-world, not taken from any data set.
 TOPICS: dict[str, tuple[str, ...]] = {
@@ -147,6 +147,7 @@ class SmallWorld:
         seed: int,
         bt_temperature: float = 0.1,
         reward_scale: float = 1.0,
+        near_ties: Optional[float] = None,
     ) -> tuple[list[dict], list[dict], dict]:
         """Label sampled completions by the hidden reward (SPEC §6.1 step 4, §8).
 
@@ -160,12 +161,22 @@ class SmallWorld:
         - statistics: empty completions (an rw row with one is left out; pairs are drawn among the non-empty ones),
           prompts with fewer than two distinct non-empty candidates (no pair), the flip count and the fraction of
           pref labels that agree with the hidden reward.
+
+        ``near_ties`` chooses the pair of each prompt: None (default) draws two candidates at random; a fraction f
+        takes, for a share f of the prompts (drawn at random), the two candidates whose hidden rewards are closest (a
+        near tie: the Bradley–Terry label is close to a coin flip) and, for the others, the two that are furthest
+        apart (a clear pair). Every f consumes the same random draws, so the clear pairs of f = 0.5 are, prompt for
+        prompt, those of f = 0 (γ-PO's "ambiguous pairs" regime, ``make claims``). Pref rows then say which kind
+        they are (``near_tie``) and the statistics give the mean |true gap| of each kind.
         """
         if not 0.0 <= noise <= 0.5:
             raise ValueError(f"noise (fraction of flipped labels) must lie in [0, 0.5], got {noise!r}")
+        if near_ties is not None and not 0.0 <= near_ties <= 1.0:
+            raise ValueError(f"near_ties (the fraction of near-tie pairs) must lie in [0, 1] or be None: {near_ties!r}")
         rng = random.Random(f"{self.config.seed}/label/{seed}")
         rw_rows, pref_rows = [], []
         skipped = flipped = agree = empty = 0
+        gaps_by_kind: dict[str, list[float]] = {"near_tie": [], "clear": []}
         for row in samples:
             # A sample that is only EOS decodes to "": nothing to score. An rw row keeps all K candidates or none
             # (a batch needs one K); a pair is drawn among the non-empty ones.
@@ -179,7 +190,13 @@ class SmallWorld:
             if len(distinct) < 2:
                 skipped += 1
                 continue
-            a, b = rng.sample(distinct, 2)
+            if near_ties is None:
+                a, b = rng.sample(distinct, 2)
+            else:
+                tie = rng.random() < near_ties
+                a, b = self._extreme_pair(row["prompt"], distinct, closest=tie)
+                if rng.random() < 0.5:  # which one is shown as `a` must not give the label away
+                    a, b = b, a
             gap = self.hidden_reward(row["prompt"], a) - self.hidden_reward(row["prompt"], b)
             a_wins = rng.random() < _sigmoid(gap / bt_temperature)
             flip = rng.random() < noise
@@ -189,10 +206,26 @@ class SmallWorld:
             agree += true_gap > 0
             pref_rows.append({"prompt": row["prompt"], "chosen": chosen, "rejected": rejected,
                               "true_gap": round(true_gap, 6), "flipped": bool(flip)})
+            if near_ties is not None:
+                pref_rows[-1]["near_tie"] = tie
+                gaps_by_kind["near_tie" if tie else "clear"].append(abs(gap))
         stats = {"prompts": len(samples), "pairs": len(pref_rows), "rw_rows": len(rw_rows),
                  "empty_completions": empty, "skipped_identical": skipped,
                  "flipped": flipped, "label_agrees_with_reward": agree / max(len(pref_rows), 1)}
+        if near_ties is not None:
+            for kind, gaps in gaps_by_kind.items():
+                stats[f"{kind}_pairs"] = len(gaps)
+                stats[f"{kind}_mean_abs_gap"] = sum(gaps) / len(gaps) if gaps else None
         return rw_rows, pref_rows, stats
+
+    def _extreme_pair(self, prompt, candidates: Sequence[str], *, closest: bool) -> tuple[str, str]:
+        """The two candidates with the closest (``closest``) or furthest hidden rewards; ties broken by order."""
+        rewards = [self.hidden_reward(prompt, c) for c in candidates]
+        pairs = [(i, j) for i in range(len(candidates)) for j in range(i + 1, len(candidates))]
+        distance = [abs(rewards[i] - rewards[j]) for i, j in pairs]
+        pick = distance.index(min(distance) if closest else max(distance))
+        i, j = pairs[pick]
+        return candidates[i], candidates[j]
 
 
 def _sigmoid(x: float) -> float:
