@@ -3,8 +3,8 @@ the near-tie pairing against a brute-force search, and a still smaller run than 
 (table structure, verdicts recomputed from the intervals, per-prompt scores against the judge stage's win rate, the
 five figures).
 
-The end-to-end run trains 2 seeds × 23 tiny runs (hidden 16, one layer, 32 training prompts, two steps each) in
-about 40 s on 2 cores; the trained policies barely move, so only the machinery is tested there, never a verdict's
+The end-to-end run trains 2 seeds × 23 tiny runs (hidden 16, one layer, 16 training prompts, one step each) in
+about 30 s on 2 cores; the trained policies barely move, so only the machinery is tested there, never a verdict's
 direction."""
 
 from __future__ import annotations
@@ -156,8 +156,8 @@ def test_near_tie_pairs_are_the_closest_and_clear_pairs_the_furthest():
 # A tiny run end to end
 # ----------------------------------------------------------------------------------------------------------------------
 
-TINY_DEMO = replace(DemoSettings(), n_train_prompts=32, n_test_prompts=16, hidden_size=16, num_layers=1, num_heads=2,
-                    sft_epochs=1.0, pref_epochs=1.0, sft_per_prompt=2, max_new_tokens=8)
+TINY_DEMO = replace(DemoSettings(), n_train_prompts=16, n_test_prompts=8, hidden_size=16, num_layers=1, num_heads=2,
+                    sft_epochs=1.0, pref_epochs=1.0, sft_per_prompt=2, max_new_tokens=8, eval_samples=1)
 
 
 @pytest.fixture(scope="module")
