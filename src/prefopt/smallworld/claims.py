@@ -296,7 +296,10 @@ class ClaimData:
 def evaluate_claims(data: ClaimData) -> tuple[list[dict], dict]:
     """Every test of every claim (one row each) and the curves the figures draw."""
     s = data.s
-    boot = lambda per_seed, k: hierarchical_bootstrap(per_seed, n_boot=s.bootstrap, seed=k)  # noqa: E731
+
+    def boot(per_seed, k):  # k seeds the resampling: every row and curve point gets its own, reproducibly
+        return hierarchical_bootstrap(per_seed, n_boot=s.bootstrap, seed=k)
+
     fpo_regime = _regime_name(s.fpo_noise, None)
     ties_regime, clear_regime = _regime_name(0.0, s.near_ties), _regime_name(0.0, 0.0)
     rows: list[dict] = []
@@ -338,7 +341,9 @@ def evaluate_claims(data: ClaimData) -> tuple[list[dict], dict]:
             best = max(names, key=lambda n: (np.mean([m[n] for m in others]), n))
             choice[seed] = s.alphas[names.index(best)]
         tuned[prefix] = choice
-        pick = lambda seed, prefix=prefix, choice=choice: _alpha_name(prefix, choice[seed])  # noqa: E731
+        def pick(seed, prefix=prefix, choice=choice):  # the run of seed's leave-one-seed-out α
+            return _alpha_name(prefix, choice[seed])
+
         picked = ", ".join(f"{a:g}×{list(choice.values()).count(a)}" for a in sorted(set(choice.values())))
         for opponent in opponents:
             label = data_label(opponent)
