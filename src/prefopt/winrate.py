@@ -52,7 +52,8 @@ class WinRate:
         return out
 
 
-_SCORE = {"win": 1.0, "tie": 0.5, "loss": 0.0, "invalid": 0.0}
+#: Points of one judgement for the policy: what every win rate here averages.
+OUTCOME_SCORE = {"win": 1.0, "tie": 0.5, "loss": 0.0, "invalid": 0.0}
 
 
 def win_rate(pair_outcomes: Sequence[Sequence[str]], *, bootstrap: int = 1000, seed: int = 0) -> WinRate:
@@ -60,10 +61,10 @@ def win_rate(pair_outcomes: Sequence[Sequence[str]], *, bootstrap: int = 1000, s
     if not pair_outcomes:
         raise ValueError("no judged pairs")
     flat = [o for pair in pair_outcomes for o in pair]
-    unknown = set(flat) - set(_SCORE)
+    unknown = set(flat) - set(OUTCOME_SCORE)
     if unknown:
         raise ValueError(f"unknown outcomes {sorted(unknown)}; expected win, tie, loss or invalid")
-    pair_scores = [(sum(_SCORE[o] for o in pair), len(pair)) for pair in pair_outcomes]
+    pair_scores = [(sum(OUTCOME_SCORE[o] for o in pair), len(pair)) for pair in pair_outcomes]
 
     def rate(sample):
         return sum(s for s, _ in sample) / sum(n for _, n in sample)

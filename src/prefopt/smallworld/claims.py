@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from prefopt.io import read_jsonl, write_json
 from prefopt.smallworld.demo import METHODS, DemoSettings, Method, Pipeline
 from prefopt.smallworld.world import HiddenRewardJudge, SmallWorld
+from prefopt.winrate import OUTCOME_SCORE, judge_pairs_both_orders
 
 logger = logging.getLogger(__name__)
 
@@ -218,17 +219,15 @@ def slope_weights(levels: Sequence[float]) -> np.ndarray:
 
 def prompt_scores(world: SmallWorld, policy_rows: Sequence[dict], sft_rows: Sequence[dict]) -> np.ndarray:
     """Win points (0–100) of a policy against SFT per held-out prompt: its j-th sample against SFT's j-th, judged by
-    the hidden reward in both orders (win 1, tie ½), averaged over samples and orders."""
+    the hidden reward in both orders (win 1, tie ½), averaged over samples and orders — the judge stage's rule
+    (:mod:`prefopt.winrate`), per prompt."""
     judge = HiddenRewardJudge(world)
     sft = {row["id"]: row["completions"] for row in sft_rows}
     scores = []
     for row in policy_rows:
-        points = []
-        for mine, theirs in zip(row["completions"], sft[row["id"]], strict=True):
-            first = judge.compare(row["prompt"], mine, theirs)
-            second = judge.compare(row["prompt"], theirs, mine)
-            points.append({"A": 1.0, "tie": 0.5, "B": 0.0}[first] + {"B": 1.0, "tie": 0.5, "A": 0.0}[second])
-        scores.append(100 * sum(points) / (2 * len(points)))
+        pairs = [(row["prompt"], mine, theirs) for mine, theirs in zip(row["completions"], sft[row["id"]], strict=True)]
+        outcomes = [o for pair in judge_pairs_both_orders(judge, pairs) for o in pair]
+        scores.append(100 * sum(OUTCOME_SCORE[o] for o in outcomes) / len(outcomes))
     return np.array(scores)
 
 
@@ -409,9 +408,9 @@ def seed_spread(data: ClaimData) -> list[dict]:
     for regime in (_regime_name(n, None) for n in s.noise_levels):
         for name in ("simpo", "gamma_simpo", "dpo", "gamma_dpo"):
             twin = {"gamma_simpo": "simpo", "gamma_dpo": "dpo"}.get(name)
-            wins = np.array([data.scores[seed][regime][name].mean() for seed in s.seeds])
-            within = np.array([data.scores[seed][regime][name].std(ddof=1) / np.sqrt(data.scores[seed][regime][name].size)
-                               for seed in s.seeds])
+            per_seed = [data.scores[seed][regime][name] for seed in s.seeds]
+            wins = np.array([scores.mean() for scores in per_seed])
+            within = np.array([scores.std(ddof=1) / np.sqrt(scores.size) for scores in per_seed])
             row = {"regime": regime, "method": name, "win_rate_by_seed": wins.round(1).tolist(),
                    "between_seed_sd": float(wins.std(ddof=1)), "within_seed_se": float(within.mean())}
             if twin:
